@@ -1,0 +1,134 @@
+// The CPU twin of every op: plain C++, fp32, threaded with OpenMP. Each function carries the name
+// its CUDA kernel carries (cuda/<op>.cu) and is that kernel's oracle in tests. The math of each op
+// is in docs/ops/<op>.md.
+//
+// Conventions, the same for every op:
+// - Tensors are row-major, contiguous, and passed as raw pointers with explicit sizes.
+//   B = batch, T = sequence length, C = channels, NH = heads, V = vocabulary, N = rows (usually
+//   B*T).
+// - A forward writes (overwrites) its outputs.
+// - A backward ADDS into every gradient it produces (parameters and inputs alike), so gradients
+// that
+//   meet (residual stream, tied embedding, accumulation over micro-batches) need no extra pass. The
+//   caller zeroes gradients once per optimizer step.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace kd::cpu {
+
+// ---- token + position embedding
+// -------------------------------------------------------------------- out[b,t,:] =
+// wte[tokens[b,t],:] + wpe[t,:]          wte [V,C], wpe [maxT,C], out [B,T,C]
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                     int T, int C);
+// dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += dout[b,t,:]
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                      int T, int C);
+
+// ---- LayerNorm over the last dimension (eps = 1e-5, as GPT-2)
+// --------------------------------------- out = (x - mean) * rstd * w + b, saving mean[N] and
+// rstd[N] for the backward.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int N, int C);
+
+// ---- matrix product with bias (BLAS)
+// ------------------------------------------------------------------ Weight layouts: InOut is HF's
+// Conv1D [C, OC] (out = inp @ W); OutIn is [OC, C] (out = inp @ W^T), used by the LM head tied to
+// wte [V, C]. bias may be null.
+enum class Layout { InOut, OutIn };
+// out[N,OC] = inp[N,C] · W + bias
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                    int C, int OC, Layout layout);
+// dinp += dout · W^T; dweight += (layout-appropriate) inp^T · dout; dbias += sum_rows dout.
+// dinp, dweight, dbias may each be null (not wanted).
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int N, int C, int OC, Layout layout);
+
+// ---- causal multi-head self-attention
+// -------------------------------------------------------------- qkv [B,T,3C] holds q | k | v, each
+// [B,T,NH,hs] with hs = C/NH. out [B,T,C]. lse [B,NH,T] is the log-sum-exp of each query's scaled
+// scores (scale 1/sqrt(hs)), saved for the backward, which recomputes the probabilities from it (no
+// T×T tensor is kept).
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH);
+// dqkv [B,T,3C] += gradient; uses out and lse from the forward.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int C, int NH);
+
+// ---- GELU, tanh approximation (GPT-2)
+// --------------------------------------------------------------
+void gelu_forward(float* out, const float* inp, size_t n);
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
+
+// ---- residual add
+// ------------------------------------------------------------------------------------ out = a + b;
+// backward: da += dout, db += dout.
+void residual_forward(float* out, const float* a, const float* b, size_t n);
+void residual_backward(float* da, float* db, const float* dout, size_t n);
+
+// ---- the distillation loss (cross-entropy and temperature divergence, fused)
+// ------------------------
+enum class Divergence { ForwardKL, ReverseKL, JSD };
+
+struct LossConfig {
+  float ce_weight = 1.0f;    // weight of CE(T=1) against the targets
+  float kd_weight = 0.0f;    // weight of the divergence; ignored when there is no teacher
+  float temperature = 1.0f;  // T divides BOTH teacher and student logits in the divergence
+  Divergence divergence = Divergence::ForwardKL;
+  float beta = 0.5f;       // JSD(beta) mixing weight, 0..1 (0 and 1 are the KL limits)
+  bool t2_scaling = true;  // multiply the divergence by T^2
+};
+
+// Sums over the supervised rows of one call (unnormalised); the trainer adds them over
+// micro-batches and divides by the global supervised-token count.
+struct LossSums {
+  double loss = 0;  // sum of ce_weight*ce + kd_weight*s(T)*div per row
+  double ce = 0;    // sum of CE(T=1)
+  double kd = 0;    // sum of the divergence D(p_T, q_T) (unscaled by T^2 or kd_weight)
+  double kl = 0;    // sum of the true forward KL(p_T || q_T), whatever divergence is trained
+  double teacher_entropy = 0;  // sum of H(p_T)
+  double student_entropy = 0;  // sum of H(q_T)
+  int64_t rows = 0;            // supervised rows (target >= 0)
+};
+
+// logits [N,V] student; teacher [N,Vt] with row stride Vt >= V (a padded teacher vocabulary is read
+// on its first V columns, renormalised there) or null for plain CE. targets[N]: the next token, or
+// < 0 to mask the row out of every term. dlogits [N,V] (may alias logits: written in place; may be
+// null for evaluation) receives d(loss * inv_norm)/dlogits, i.e. the gradient of the globally
+// normalised loss; masked rows get 0. Rows are processed one at a time: no [N,V] probability tensor
+// exists.
+void kd_loss(float* dlogits, LossSums* sums, const float* logits, const float* teacher, int Vt,
+             const int32_t* targets, int N, int V, const LossConfig& cfg, float inv_norm);
+
+// ---- AdamW with global-norm clipping
+// ------------------------------------------------------------------
+struct AdamWConfig {
+  float lr = 3e-4f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;
+};
+// A contiguous run of parameters with one decay rule (2-D weights decay; biases and LayerNorm
+// don't).
+struct ParamSpan {
+  size_t offset;
+  size_t size;
+  bool decay;
+};
+// sqrt(sum grads^2) over n values, accumulated in double in a fixed order (deterministic).
+double global_norm(const float* grads, size_t n);
+// One AdamW step (t = 1-based step count for bias correction) on every span. Each gradient is first
+// multiplied by grad_scale (the clipping factor min(1, clip / norm), or 1).
+// m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - lr (mhat/(sqrt(vhat)+eps) + wd*p
+// [decay])
+void adamw_update(float* params, const float* grads, float* m, float* v,
+                  std::span<const ParamSpan> spans, const AdamWConfig& cfg, int t,
+                  float grad_scale);
+
+}  // namespace kd::cpu

@@ -1,0 +1,303 @@
+#include "model/gpt2.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "engine/cpu/ops.h"
+#include "engine/rng.h"
+
+namespace kd {
+
+using cpu::Layout;
+
+std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg) {
+  const int64_t C = cfg.n_embd, V = cfg.vocab_size, P = cfg.block_size;
+  std::vector<ParamInfo> t;
+  size_t offset = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    ParamInfo p;
+    p.name = std::move(name);
+    p.numel = 1;
+    for (int64_t d : shape) p.numel *= static_cast<size_t>(d);
+    p.decay = shape.size() == 2;
+    p.shape = std::move(shape);
+    p.offset = offset;
+    offset += p.numel;
+    t.push_back(std::move(p));
+  };
+  add("wte.weight", {V, C});
+  add("wpe.weight", {P, C});
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    add(h + "ln_1.weight", {C});
+    add(h + "ln_1.bias", {C});
+    add(h + "attn.c_attn.weight", {C, 3 * C});
+    add(h + "attn.c_attn.bias", {3 * C});
+    add(h + "attn.c_proj.weight", {C, C});
+    add(h + "attn.c_proj.bias", {C});
+    add(h + "ln_2.weight", {C});
+    add(h + "ln_2.bias", {C});
+    add(h + "mlp.c_fc.weight", {C, 4 * C});
+    add(h + "mlp.c_fc.bias", {4 * C});
+    add(h + "mlp.c_proj.weight", {4 * C, C});
+    add(h + "mlp.c_proj.bias", {C});
+  }
+  add("ln_f.weight", {C});
+  add("ln_f.bias", {C});
+  return t;
+}
+
+size_t GPT2Config::num_parameters() const {
+  const auto t = gpt2_param_table(*this);
+  return t.back().offset + t.back().numel;
+}
+
+GPT2::GPT2(const GPT2Config& cfg) : cfg_(cfg), table_(gpt2_param_table(cfg)) {
+  if (cfg.n_layer < 1 || cfg.n_head < 1 || cfg.n_embd < 1 || cfg.vocab_size < 1 ||
+      cfg.block_size < 1 || cfg.n_embd % cfg.n_head != 0)
+    throw std::invalid_argument("GPT2: invalid config (n_embd must be a multiple of n_head)");
+  params.assign(cfg.num_parameters(), 0.0f);
+}
+
+const ParamInfo& GPT2::info(std::string_view name) const {
+  for (const auto& p : table_)
+    if (p.name == name) return p;
+  throw std::out_of_range("GPT2: no parameter named '" + std::string(name) + "'");
+}
+
+void GPT2::init_random(uint64_t seed) {
+  Rng rng(seed);
+  const float proj_std = 0.02f / std::sqrt(2.0f * static_cast<float>(cfg_.n_layer));
+  for (const auto& p : table_) {
+    float* w = params.data() + p.offset;
+    const bool is_ln = p.name.find("ln_") != std::string::npos;
+    const bool is_bias = p.name.ends_with(".bias");
+    if (is_ln && !is_bias) {
+      std::fill(w, w + p.numel, 1.0f);
+    } else if (is_bias) {
+      std::fill(w, w + p.numel, 0.0f);
+    } else {
+      const bool residual_proj = p.name.ends_with("c_proj.weight");
+      const float std = residual_proj ? proj_std : 0.02f;
+      for (size_t i = 0; i < p.numel; ++i) w[i] = std * rng.normal();
+    }
+  }
+}
+
+void GPT2::enable_training() {
+  grads.assign(params.size(), 0.0f);
+}
+
+void GPT2::zero_grad() {
+  std::fill(grads.begin(), grads.end(), 0.0f);
+}
+
+size_t GPT2::activation_bytes(const GPT2Config& cfg, int B, int T) {
+  const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd, L = cfg.n_layer, NH = cfg.n_head;
+  size_t floats = N * C;                               // encoded
+  floats += L * (N * C + 2 * N);                       // ln1 + stats
+  floats += L * (N * 3 * C + N * C + NH * N + N * C);  // qkv, atty, lse, attproj
+  floats += L * (N * C + N * C + 2 * N);               // res2, ln2 + stats
+  floats += L * (2 * N * 4 * C + 2 * N * C);           // fch, fch_gelu, fcproj, res3
+  floats += N * C + 2 * N;                             // lnf + stats
+  floats += N * cfg.vocab_size;                        // logits
+  // backward scratch: dresidual, dres2, dC, dlnf [N,C]; d4C x2 [N,4C]; dqkv [N,3C]
+  floats += 4 * N * C + 8 * N * C + 3 * N * C;
+  return floats * sizeof(float);
+}
+
+size_t GPT2::inference_scratch_bytes(const GPT2Config& cfg, int B, int T) {
+  const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd, NH = cfg.n_head;
+  // residual x2, ln, qkv, atty, proj, fch, gelu, lse, mean, rstd
+  return (4 * N * C + 3 * N * C + 8 * N * C + NH * N + 2 * N) * sizeof(float);
+}
+
+void GPT2::ensure_acts(int B, int T) {
+  if (T < 1 || T > cfg_.block_size || B < 1)
+    throw std::invalid_argument("GPT2::forward: need 1 <= T <= block_size and B >= 1");
+  if (B == B_ && T == T_) return;
+  B_ = B;
+  T_ = T;
+  const size_t N = static_cast<size_t>(B) * T, C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
+  Acts& a = acts_;
+  a.encoded.assign(N * C, 0);
+  a.ln1.assign(L * N * C, 0);
+  a.ln1_mean.assign(L * N, 0);
+  a.ln1_rstd.assign(L * N, 0);
+  a.qkv.assign(L * N * 3 * C, 0);
+  a.atty.assign(L * N * C, 0);
+  a.att_lse.assign(L * NH * N, 0);
+  a.attproj.assign(L * N * C, 0);
+  a.res2.assign(L * N * C, 0);
+  a.ln2.assign(L * N * C, 0);
+  a.ln2_mean.assign(L * N, 0);
+  a.ln2_rstd.assign(L * N, 0);
+  a.fch.assign(L * N * 4 * C, 0);
+  a.fch_gelu.assign(L * N * 4 * C, 0);
+  a.fcproj.assign(L * N * C, 0);
+  a.res3.assign(L * N * C, 0);
+  a.lnf.assign(N * C, 0);
+  a.lnf_mean.assign(N, 0);
+  a.lnf_rstd.assign(N, 0);
+  a.logits.assign(N * cfg_.vocab_size, 0);
+}
+
+namespace {
+// Pointers to one layer's parameters (or gradients) inside a buffer laid out as the table.
+struct LayerParams {
+  float *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
+      *fcprojb;
+};
+LayerParams layer_params(float* base, const std::vector<ParamInfo>& table, int l) {
+  // Each layer is 12 consecutive entries after wte and wpe.
+  const ParamInfo* p = &table[2 + 12 * static_cast<size_t>(l)];
+  auto at = [&](int k) { return base + p[k].offset; };
+  return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
+}
+}  // namespace
+
+void GPT2::forward(const int32_t* tokens, int B, int T) {
+  ensure_acts(B, T);
+  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
+  const size_t NC = static_cast<size_t>(N) * C;
+  for (int i = 0; i < N; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw std::invalid_argument("GPT2::forward: token id " + std::to_string(tokens[i]) +
+                                  " outside the vocabulary of " + std::to_string(V));
+  tokens_.assign(tokens, tokens + N);
+  Acts& a = acts_;
+  float* P = params.data();
+  cpu::encoder_forward(a.encoded.data(), tokens, param("wte.weight"), param("wpe.weight"), B, T, C);
+  const float* residual = a.encoded.data();
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    LayerParams w = layer_params(P, table_, l);
+    float* ln1 = a.ln1.data() + l * NC;
+    float* qkv = a.qkv.data() + l * 3 * NC;
+    float* atty = a.atty.data() + l * NC;
+    float* lse = a.att_lse.data() + static_cast<size_t>(l) * NH * N;
+    float* attproj = a.attproj.data() + l * NC;
+    float* res2 = a.res2.data() + l * NC;
+    float* ln2 = a.ln2.data() + l * NC;
+    float* fch = a.fch.data() + l * 4 * NC;
+    float* fch_gelu = a.fch_gelu.data() + l * 4 * NC;
+    float* fcproj = a.fcproj.data() + l * NC;
+    float* res3 = a.res3.data() + l * NC;
+    cpu::layernorm_forward(ln1, a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, residual,
+                           w.ln1w, w.ln1b, N, C);
+    cpu::matmul_forward(qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
+    cpu::attention_forward(atty, lse, qkv, B, T, C, NH);
+    cpu::matmul_forward(attproj, atty, w.attprojw, w.attprojb, N, C, C, Layout::InOut);
+    cpu::residual_forward(res2, residual, attproj, NC);
+    cpu::layernorm_forward(ln2, a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N, res2, w.ln2w,
+                           w.ln2b, N, C);
+    cpu::matmul_forward(fch, ln2, w.fcw, w.fcb, N, C, 4 * C, Layout::InOut);
+    cpu::gelu_forward(fch_gelu, fch, 4 * NC);
+    cpu::matmul_forward(fcproj, fch_gelu, w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
+    cpu::residual_forward(res3, res2, fcproj, NC);
+    residual = res3;
+  }
+  cpu::layernorm_forward(a.lnf.data(), a.lnf_mean.data(), a.lnf_rstd.data(), residual,
+                         param("ln_f.weight"), param("ln_f.bias"), N, C);
+  cpu::matmul_forward(a.logits.data(), a.lnf.data(), param("wte.weight"), nullptr, N, C, V,
+                      Layout::OutIn);
+}
+
+void GPT2::backward(const float* dlogits) {
+  if (grads.size() != params.size())
+    throw std::logic_error("GPT2::backward: call enable_training() first");
+  if (B_ == 0) throw std::logic_error("GPT2::backward: call forward() first");
+  const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
+  const size_t NC = static_cast<size_t>(N) * C;
+  Acts& a = acts_;
+  float* P = params.data();
+  float* G = grads.data();
+  // Gradient scratch (zeroed before each use because backward ops accumulate).
+  std::vector<float> dresidual(NC), dres2(NC), dC(NC), dlnf(NC);
+  std::vector<float> d4a(4 * NC), d4b(4 * NC), dqkv(3 * NC);
+  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); };
+
+  const float* last = cfg_.n_layer > 0 ? a.res3.data() + (cfg_.n_layer - 1) * NC : a.encoded.data();
+  cpu::matmul_backward(dlnf.data(), grad("wte.weight"), nullptr, dlogits, a.lnf.data(),
+                       param("wte.weight"), N, C, V, Layout::OutIn);
+  cpu::layernorm_backward(dresidual.data(), grad("ln_f.weight"), grad("ln_f.bias"), dlnf.data(),
+                          last, param("ln_f.weight"), a.lnf_mean.data(), a.lnf_rstd.data(), N, C);
+  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+    LayerParams w = layer_params(P, table_, l);
+    LayerParams g = layer_params(G, table_, l);
+    const float* residual = l == 0 ? a.encoded.data() : a.res3.data() + (l - 1) * NC;
+    const float* ln1 = a.ln1.data() + l * NC;
+    const float* qkv = a.qkv.data() + l * 3 * NC;
+    const float* atty = a.atty.data() + l * NC;
+    const float* lse = a.att_lse.data() + static_cast<size_t>(l) * NH * N;
+    const float* res2 = a.res2.data() + l * NC;
+    const float* ln2 = a.ln2.data() + l * NC;
+    const float* fch = a.fch.data() + l * 4 * NC;
+    const float* fch_gelu = a.fch_gelu.data() + l * 4 * NC;
+
+    // res3 = res2 + fcproj
+    zero(dres2);
+    zero(dC);
+    cpu::residual_backward(dres2.data(), dC.data(), dresidual.data(), NC);
+    // fcproj = gelu(fch) · W + b
+    zero(d4a);
+    cpu::matmul_backward(d4a.data(), g.fcprojw, g.fcprojb, dC.data(), fch_gelu, w.fcprojw, N, 4 * C,
+                         C, Layout::InOut);
+    zero(d4b);
+    cpu::gelu_backward(d4b.data(), fch, d4a.data(), 4 * NC);
+    zero(dC);
+    cpu::matmul_backward(dC.data(), g.fcw, g.fcb, d4b.data(), ln2, w.fcw, N, C, 4 * C,
+                         Layout::InOut);
+    cpu::layernorm_backward(dres2.data(), g.ln2w, g.ln2b, dC.data(), res2, w.ln2w,
+                            a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N, N, C);
+    // res2 = residual + attproj
+    zero(dresidual);
+    zero(dlnf);  // reused as d(attproj)
+    cpu::residual_backward(dresidual.data(), dlnf.data(), dres2.data(), NC);
+    zero(dC);
+    cpu::matmul_backward(dC.data(), g.attprojw, g.attprojb, dlnf.data(), atty, w.attprojw, N, C, C,
+                         Layout::InOut);
+    zero(dqkv);
+    cpu::attention_backward(dqkv.data(), dC.data(), qkv, atty, lse, B, T, C, NH);
+    zero(dC);
+    cpu::matmul_backward(dC.data(), g.qkvw, g.qkvb, dqkv.data(), ln1, w.qkvw, N, C, 3 * C,
+                         Layout::InOut);
+    cpu::layernorm_backward(dresidual.data(), g.ln1w, g.ln1b, dC.data(), residual, w.ln1w,
+                            a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, N, C);
+  }
+  cpu::encoder_backward(grad("wte.weight"), grad("wpe.weight"), dresidual.data(), tokens_.data(), B,
+                        T, C);
+}
+
+void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) const {
+  if (T < 1 || T > cfg_.block_size || B < 1)
+    throw std::invalid_argument("GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
+  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
+  const size_t NC = static_cast<size_t>(N) * C;
+  for (int i = 0; i < N; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw std::invalid_argument("GPT2::forward_inference: token id outside the vocabulary");
+  // One layer of scratch, reused by every layer.
+  std::vector<float> x(NC), x2(NC), ln(NC), qkv(3 * NC), atty(NC), proj(NC), fch(4 * NC),
+      gelu(4 * NC), lse(static_cast<size_t>(NH) * N), mean(N), rstd(N);
+  float* P = const_cast<float*>(params.data());  // read only: layer_params only offsets it
+  cpu::encoder_forward(x.data(), tokens, param("wte.weight"), param("wpe.weight"), B, T, C);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    LayerParams w = layer_params(P, table_, l);
+    cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), w.ln1w, w.ln1b, N, C);
+    cpu::matmul_forward(qkv.data(), ln.data(), w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
+    cpu::attention_forward(atty.data(), lse.data(), qkv.data(), B, T, C, NH);
+    cpu::matmul_forward(proj.data(), atty.data(), w.attprojw, w.attprojb, N, C, C, Layout::InOut);
+    cpu::residual_forward(x2.data(), x.data(), proj.data(), NC);
+    cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x2.data(), w.ln2w, w.ln2b, N, C);
+    cpu::matmul_forward(fch.data(), ln.data(), w.fcw, w.fcb, N, C, 4 * C, Layout::InOut);
+    cpu::gelu_forward(gelu.data(), fch.data(), 4 * NC);
+    cpu::matmul_forward(proj.data(), gelu.data(), w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
+    cpu::residual_forward(x.data(), x2.data(), proj.data(), NC);
+  }
+  cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), param("ln_f.weight"),
+                         param("ln_f.bias"), N, C);
+  cpu::matmul_forward(out, ln.data(), param("wte.weight"), nullptr, N, C, V, Layout::OutIn);
+}
+
+}  // namespace kd

@@ -1,0 +1,104 @@
+// The GPT-2 model on the CPU: config, the named parameter table (HF GPT-2 names and layouts), one
+// contiguous parameter buffer with a mirrored gradient buffer, and the forward/backward
+// orchestration over the CPU twins in engine/cpu/ops.h.
+//
+// Architecture: tokens -> wte + wpe -> n_layer x [ LN -> causal MHA -> +residual ; LN -> MLP(4C,
+// GELU)
+// -> +residual ] -> ln_f -> logits = x · wte^T (LM head tied to the token embedding).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kd {
+
+struct GPT2Config {
+  int n_layer = 2;
+  int n_head = 4;
+  int n_embd = 64;
+  int vocab_size = 256;
+  int block_size = 64;
+
+  bool operator==(const GPT2Config&) const = default;
+  size_t num_parameters() const;
+};
+
+// One named tensor of the parameter buffer. Names are HF GPT-2's without the "transformer." prefix:
+// wte.weight [V,C], wpe.weight [block,C], h.{i}.ln_1.weight [C], h.{i}.ln_1.bias [C],
+// h.{i}.attn.c_attn.weight [C,3C] (Conv1D: [in,out]), h.{i}.attn.c_attn.bias [3C],
+// h.{i}.attn.c_proj.weight [C,C], h.{i}.attn.c_proj.bias [C], h.{i}.ln_2.weight/bias [C],
+// h.{i}.mlp.c_fc.weight [C,4C], h.{i}.mlp.c_fc.bias [4C], h.{i}.mlp.c_proj.weight [4C,C],
+// h.{i}.mlp.c_proj.bias [C], ln_f.weight [C], ln_f.bias [C].
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // in floats, into the parameter buffer
+  size_t numel = 0;
+  bool decay = false;  // 2-D weight matrices (embeddings included) decay; biases and LN do not
+};
+
+std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg);
+
+class GPT2 {
+ public:
+  explicit GPT2(const GPT2Config& cfg);
+
+  const GPT2Config& config() const { return cfg_; }
+  const std::vector<ParamInfo>& table() const { return table_; }
+  const ParamInfo& info(std::string_view name) const;  // throws std::out_of_range naming it
+
+  std::vector<float> params;  // all parameters, laid out as table()
+  std::vector<float> grads;   // same layout; allocated by enable_training()
+
+  float* param(std::string_view name) { return params.data() + info(name).offset; }
+  const float* param(std::string_view name) const { return params.data() + info(name).offset; }
+  float* grad(std::string_view name) { return grads.data() + info(name).offset; }
+
+  // GPT-2 initialisation: normal(0, 0.02); residual projections (attn.c_proj, mlp.c_proj) scaled by
+  // 1/sqrt(2 n_layer); biases 0; LayerNorm weight 1, bias 0. Deterministic in seed.
+  void init_random(uint64_t seed);
+
+  // Allocates gradient buffers (and zeroes them). Call once before backward().
+  void enable_training();
+  void zero_grad();
+
+  // Training forward: keeps every activation needed by backward(). Writes logits [B,T,V] into
+  // logits(). T <= block_size.
+  void forward(const int32_t* tokens, int B, int T);
+  float* logits() { return acts_.logits.data(); }
+  int cur_B() const { return B_; }
+  int cur_T() const { return T_; }
+
+  // Backward from dlogits [B,T,V] (may be logits(), written in place by the loss). ADDS into grads.
+  void backward(const float* dlogits);
+
+  // Teacher forward: no activations kept for backward; scratch of about one layer. Writes logits
+  // [B,T,V] into out.
+  void forward_inference(float* out, const int32_t* tokens, int B, int T) const;
+
+  // Bytes of activations a training forward keeps at (B,T) (for memory plans).
+  static size_t activation_bytes(const GPT2Config& cfg, int B, int T);
+  static size_t inference_scratch_bytes(const GPT2Config& cfg, int B, int T);
+
+ private:
+  struct Acts {
+    std::vector<float> encoded;                      // [B,T,C]
+    std::vector<float> ln1, ln1_mean, ln1_rstd;      // [L,B,T,C], [L,B,T] x2
+    std::vector<float> qkv, atty, att_lse, attproj;  // [L,B,T,3C], [L,B,T,C], [L,B,NH,T], [L,B,T,C]
+    std::vector<float> res2, ln2, ln2_mean, ln2_rstd;  // [L,B,T,C], [L,B,T,C], [L,B,T] x2
+    std::vector<float> fch, fch_gelu, fcproj, res3;    // [L,B,T,4C] x2, [L,B,T,C] x2
+    std::vector<float> lnf, lnf_mean, lnf_rstd;        // [B,T,C], [B,T] x2
+    std::vector<float> logits;                         // [B,T,V]
+  };
+  void ensure_acts(int B, int T);
+
+  GPT2Config cfg_;
+  std::vector<ParamInfo> table_;
+  Acts acts_;
+  std::vector<int32_t> tokens_;
+  int B_ = 0, T_ = 0;
+};
+
+}  // namespace kd
