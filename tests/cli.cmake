@@ -1,0 +1,5 @@
+# test_cli runs the kdengine binary itself.
+if(TARGET test_cli)
+  add_dependencies(test_cli kdengine)
+  target_compile_definitions(test_cli PRIVATE KD_KDENGINE_BIN="$<TARGET_FILE:kdengine>")
+endif()
