@@ -6,6 +6,7 @@
 
 #include "engine/cpu/ops.h"
 #include "engine/error.h"
+#include "engine/trace.h"
 
 namespace kd::cpu {
 
@@ -18,6 +19,7 @@ constexpr size_t kNormChunk = 1 << 16;
 }  // namespace
 
 double global_norm(const float* grads, size_t n) {
+  KD_OP("global_norm", 2.0 * n, 4.0 * n);
   const size_t chunks = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> partial(chunks, 0.0);
   const auto count = static_cast<std::ptrdiff_t>(chunks);
@@ -42,6 +44,9 @@ void adamw_update(float* params, const float* grads, float* m, float* v,
     throw InputError("adamw_update: beta1 and beta2 must be in [0, 1), got " +
                      std::to_string(cfg.beta1) + " and " + std::to_string(cfg.beta2));
   }
+  size_t total = 0;
+  for (const ParamSpan& sp : spans) total += sp.size;
+  KD_OP("adamw_update", 15.0 * double(total), 28.0 * double(total));
   // The same scalars as torch.optim.AdamW (single-tensor path), in the same order.
   const float b1 = cfg.beta1;
   const float b2 = cfg.beta2;

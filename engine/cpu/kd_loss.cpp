@@ -12,6 +12,7 @@
 
 #include "engine/cpu/ops.h"
 #include "engine/error.h"
+#include "engine/trace.h"
 
 namespace kd::cpu {
 
@@ -177,6 +178,7 @@ void check_inputs(const float* logits, const float* teacher, int Vt, const int32
 
 void kd_loss(float* dlogits, LossSums* sums, const float* logits, const float* teacher, int Vt,
              const int32_t* targets, int N, int V, const LossConfig& cfg, float inv_norm) {
+  KD_OP("kd_loss", 30.0 * N * V, 4.0 * N * (2.0 * V + (teacher ? V : 0)));
   check_inputs(logits, teacher, Vt, targets, N, V, cfg);
   const Mode mode = mode_of(cfg);
   std::vector<RowSums> rows(static_cast<size_t>(std::max(N, 0)));

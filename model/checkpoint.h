@@ -1,0 +1,36 @@
+// GPT-2 checkpoints in the Hugging Face layout: a directory with config.json (HF GPT2Config fields)
+// and model.safetensors. A directory written by save_model loads with
+// transformers.GPT2LMHeadModel.from_pretrained(dir) with no missing or unexpected keys, and
+// load_model reads checkpoints saved by transformers (fp32, fp16 or bf16). See docs/checkpoints.md.
+#pragma once
+
+#include <string>
+
+#include "engine/json.h"
+#include "model/gpt2.h"
+
+namespace kd {
+
+// Writes dir/model.safetensors (F32, tensor names "transformer.<kdengine name>", metadata
+// {"format": "pt"}; the LM head is tied to wte and not stored) and dir/config.json. Creates dir
+// when missing; overwrites both files. Each file is fsynced. Throws std::runtime_error on a write
+// failure.
+void save_model(const std::string& dir, const GPT2& m);
+
+// The HF config.json content that save_model writes for cfg.
+Json hf_config_json(const GPT2Config& cfg);
+
+// Reads dir/config.json. Throws InputError naming the file for a missing or invalid field and for
+// configurations kdengine cannot run (another activation than gelu_new/gelu_pytorch_tanh, n_inner
+// other than null or 4*n_embd, an untied LM head, layer_norm_epsilon other than 1e-5, attention
+// scaling variants, cross-attention).
+GPT2Config load_config(const std::string& dir);
+
+// Reads dir/config.json and dir/model.safetensors into a new model. Tensors may be F32, F16 or
+// BF16 and named with or without the "transformer." prefix; HF's attention buffers
+// ("h.N.attn.bias", "h.N.attn.masked_bias") are ignored; "lm_head.weight" is accepted only when it
+// equals wte.weight. Throws InputError naming the file and the tensor for a missing, duplicated,
+// unexpected or wrongly shaped tensor.
+GPT2 load_model(const std::string& dir);
+
+}  // namespace kd
