@@ -467,25 +467,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     log << j.dump() << "\n";
     log.flush();
     if (!tb) return;
-    static const std::pair<const char*, const char*> tags[] = {
-        {"loss", "train/loss"},
-        {"ce", "train/ce"},
-        {"kd", "train/kd"},
-        {"kl", "train/kl"},
-        {"teacher_entropy", "train/teacher_entropy"},
-        {"student_entropy", "train/student_entropy"},
-        {"lr", "train/lr"},
-        {"grad_norm", "train/grad_norm"},
-        {"tokens_per_s", "perf/tokens_per_s"},
-        {"step_time_ms", "perf/step_time_ms"},
-        {"peak_mem_bytes", "mem/peak_bytes"},
-        {"val_loss", "val/loss"},
-        {"teacher_val_loss", "val/teacher_loss"},
-        {"val_kl", "val/kl"}};
-    const int64_t step = j.at("step").as_int();
-    for (const auto& [key, tag] : tags)
-      if (const Json* v = j.find(key); v && v->is_number())
-        tb->scalar(tag, step, float(v->as_number()));
+    write_log_record(*tb, j);
     tb->flush();
   };
 
@@ -510,6 +492,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     const GPT2Config& tc = s.teacher->config();
     out << "teacher: " << tc.n_layer << " layers, " << tc.n_head << " heads, " << tc.n_embd
         << " dims, " << tc.num_parameters() << " parameters\n";
+    KD_RANGE_P("eval", Phase::Eval, st.step);
     EvalStats te =
         evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches, 1.0f, false);
     sum.teacher_val_loss = te.teacher_ce;

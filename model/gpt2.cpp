@@ -172,7 +172,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
   cpu::encoder_forward(a.encoded.data(), tokens, param("wte.weight"), param("wpe.weight"), B, T, C);
   const float* residual = a.encoded.data();
   for (int l = 0; l < cfg_.n_layer; ++l) {
-    KD_RANGE_P("layer_fwd", Phase::Layer, l);
+    KD_RANGE_P("layer", Phase::Layer, l);
     LayerParams w = layer_params(P, table_, l);
     float* ln1 = a.ln1.data() + l * NC;
     float* qkv = a.qkv.data() + l * 3 * NC;
@@ -225,7 +225,7 @@ void GPT2::backward(const float* dlogits) {
   cpu::layernorm_backward(dresidual.data(), grad("ln_f.weight"), grad("ln_f.bias"), dlnf.data(),
                           last, param("ln_f.weight"), a.lnf_mean.data(), a.lnf_rstd.data(), N, C);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
-    KD_RANGE_P("layer_bwd", Phase::Layer, l);
+    KD_RANGE_P("layer", Phase::Layer, l);
     LayerParams w = layer_params(P, table_, l);
     LayerParams g = layer_params(G, table_, l);
     const float* residual = l == 0 ? a.encoded.data() : a.res3.data() + (l - 1) * NC;
@@ -286,7 +286,7 @@ void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) co
   float* P = const_cast<float*>(params.data());  // read only: layer_params only offsets it
   cpu::encoder_forward(x.data(), tokens, param("wte.weight"), param("wpe.weight"), B, T, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
-    KD_RANGE_P("layer_fwd", Phase::Layer, l);
+    KD_RANGE_P("layer", Phase::Layer, l);
     LayerParams w = layer_params(P, table_, l);
     cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), w.ln1w, w.ln1b, N, C);
     cpu::matmul_forward(qkv.data(), ln.data(), w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);

@@ -1,8 +1,10 @@
 // The trainer end to end on the CPU: bitwise resume, the learning-rate schedule, checkpoints that
 // are complete or absent, NaN stops, and a small distillation run that lowers the held-out loss.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -95,15 +97,19 @@ TEST_F(TrainerTest, TwentyStepsEqualTenPlusResumePlusTen) {
       write_recipe("straight", student() + "[checkpoint]\nevery = 10\nkeep_last = 3\n").string());
   kd::train(a, sink);
 
+  // The same run, "crashed" right after its step-10 checkpoint: the step-20 checkpoint is removed
+  // (the log still holds records past step 10, which the resume must drop), then resumed.
   kd::Recipe b = kd::load_recipe(
-      write_recipe("resumed", student() + "[checkpoint]\nevery = 10\nkeep_last = 3\n").string(),
-      {"train.max_steps=10"});
+      write_recipe("resumed", student() + "[checkpoint]\nevery = 10\nkeep_last = 3\n").string());
   kd::train(b, sink);
-  kd::Recipe c = kd::load_recipe((dir_ / "resumed.toml").string(), {"checkpoint.resume=true"});
+  fs::remove_all(dir_ / "resumed" / "step_000020");
+  fs::remove(dir_ / "resumed" / "final");
+  kd::Recipe c = kd::load_recipe((dir_ / "resumed.toml").string(),
+                                 {"checkpoint.resume=true", "checkpoint.keep_last=4"});
   std::ostringstream resumed_out;
   kd::train(c, resumed_out);
   EXPECT_NE(resumed_out.str().find("at step 10"), std::string::npos) << resumed_out.str();
-  EXPECT_NE(resumed_out.str().find("train.max_steps: 10 -> 20"), std::string::npos)
+  EXPECT_NE(resumed_out.str().find("checkpoint.keep_last: 3 -> 4"), std::string::npos)
       << resumed_out.str();
 
   kd::GPT2 x = kd::load_model((dir_ / "straight" / "step_000020").string());
@@ -178,7 +184,10 @@ TEST_F(TrainerTest, UnwritableOutDirIsBadInput) {
   EXPECT_THROW(kd::train(r, sink), kd::InputError);
 }
 
-TEST_F(TrainerTest, DistillationLowersHeldOutLoss) {
+TEST_F(TrainerTest, DistillationOnTinyShakespeareLowersHeldOutLoss) {
+  const fs::path corpus = fs::path(KD_SHARED_DATA) / "tinyshakespeare" / "input.txt";
+  if (!fs::exists(corpus)) GTEST_SKIP() << "TinyShakespeare not found at " << corpus;
+  fs::copy_file(corpus, dir_ / "corpus.txt", fs::copy_options::overwrite_existing);
   std::ostringstream sink;
   kd::Recipe t = kd::load_recipe(write_recipe("teacher", student(2, 48), 60).string());
   kd::TrainSummary ts = kd::train(t, sink);

@@ -24,7 +24,18 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="/usr/local/cuda/bin:$PATH"
 fi
 
+# With KD_TEST_VENV=1 (the test command sets it): a virtual environment in .venv with TensorBoard
+# (whose own reader checks our event files) and matplotlib (tools/plot_run.py).
+PYTHON_ARGS=()
+if [ "${KD_TEST_VENV:-0}" = "1" ]; then
+  if ! .venv/bin/python -c "import tensorboard, matplotlib" 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check tensorboard matplotlib
+  fi
+  PYTHON_ARGS=(-DKD_PYTHON="$PWD/.venv/bin/python")
+fi
+
 BUILD="${KD_BUILD_DIR:-build}"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKD_CUDA="${KD_CUDA:-AUTO}" \
-  -DCMAKE_CUDA_ARCHITECTURES="${KD_CUDA_ARCH:-90a}" >/dev/null
+  -DCMAKE_CUDA_ARCHITECTURES="${KD_CUDA_ARCH:-90a}" "${PYTHON_ARGS[@]}" >/dev/null
 cmake --build "$BUILD" -j"$(nproc)"
