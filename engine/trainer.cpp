@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "engine/cpu/ops.h"
+#include "engine/cuda_step.h"
 #include "engine/data.h"
 #include "engine/device.h"
 #include "engine/error.h"
@@ -381,6 +382,65 @@ void check_out_dir_writable(const std::string& out_dir) {
   fs::remove(probe, ec);
 }
 
+// A run that meets a NaN or Inf stops; the newest checkpoint on disk is the last good one.
+[[noreturn]] void throw_non_finite(const Recipe& r, int64_t step, double loss) {
+  const std::string ck = latest_checkpoint(r.run.out_dir);
+  throw std::runtime_error(
+      "step " + std::to_string(step + 1) + ": the loss is " +
+      (std::isfinite(loss) ? "finite but the gradient norm is not" : std::to_string(loss)) +
+      "; stopping. Last good checkpoint: " + (ck.empty() ? "none" : ck));
+}
+
+// One step's forward and backward on the CPU: grad_accum micro-batches, each with the teacher's
+// forward, the student's forward, the fused loss (dlogits in place, normalised by the supervised
+// tokens of the whole step) and the student's backward into the gradient buffer.
+void cpu_step(GPT2& model, Setup& s, const std::vector<int32_t>& inputs,
+              const std::vector<int32_t>& targets, std::vector<float>& tlog, int A, int B, int T,
+              int V, int Vt, int64_t rows, cpu::LossSums& ls) {
+  const size_t N = size_t(B) * T;
+  const float inv_norm = 1.0f / float(std::max<int64_t>(1, rows));
+  model.zero_grad();
+  for (int a = 0; a < A; ++a) {
+    if (s.teacher) {
+      KD_RANGE_P("teacher_forward", Phase::TeacherForward, a);
+      s.teacher->forward_inference(tlog.data(), inputs.data() + a * N, B, T);
+    }
+    {
+      KD_RANGE_P("student_forward", Phase::StudentForward, a);
+      model.forward(inputs.data() + a * N, B, T);
+    }
+    {
+      KD_RANGE_P("loss", Phase::Loss, a);
+      cpu::kd_loss(model.logits(), &ls, model.logits(), s.teacher ? tlog.data() : nullptr, Vt,
+                   targets.data() + a * N, B * T, V, s.loss, inv_norm);
+    }
+    KD_RANGE_P("student_backward", Phase::StudentBackward, a);
+    model.backward(model.logits());
+  }
+}
+
+// evaluate() on the GPU: the same fixed windows, the sums added over the batches.
+EvalStats evaluate_gpu(CudaTrainer& gpu, bool teacher_only, const std::vector<uint16_t>& val, int B,
+                       int T, int batches, float temperature) {
+  const BatchSampler sampler({}, val, 0);
+  std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
+  cpu::LossSums sums;
+  for (int i = 0; i < batches; ++i) {
+    sampler.eval_batch(i, B, T, in.data(), tg.data());
+    cpu::LossSums b = teacher_only ? gpu.eval_teacher_loss(in.data(), tg.data(), B, T)
+                                   : gpu.eval_loss(in.data(), tg.data(), B, T, temperature);
+    sums.ce += b.ce;
+    sums.kl += b.kl;
+    sums.rows += b.rows;
+  }
+  EvalStats e;
+  const double rows = double(std::max<int64_t>(1, sums.rows));
+  (teacher_only ? e.teacher_ce : e.student_ce) = sums.ce / rows;
+  e.kl = sums.kl / rows;
+  e.tokens = sums.rows;
+  return e;
+}
+
 }  // namespace
 
 TrainSummary train(const Recipe& r, std::ostream& out) {
@@ -391,16 +451,13 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
 
   // Device: "cuda" must be usable; "auto" falls back to the CPU with one notice line.
   const DeviceInfo& dev = probe_device();
-  if (r.run.device == "cuda") {
-    if (!dev.cuda_usable)
-      throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
-    throw InputError(
-        "[run] device = \"cuda\": the CUDA training loop is not wired into the trainer "
-        "yet (the kernels exist in cuda/); use device = \"cpu\" or \"auto\"");
-  }
-  if (r.run.device == "auto")
-    out << "device: cpu ("
-        << (dev.cuda_usable ? "the CUDA training loop is not wired in yet" : dev.reason) << ")\n";
+  if (r.run.device == "cuda" && !dev.cuda_usable)
+    throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
+  const bool use_cuda = r.run.device == "cuda" || (r.run.device == "auto" && dev.cuda_usable);
+  if (use_cuda)
+    out << "device: cuda (" << dev.name << ")\n";
+  else if (r.run.device == "auto")
+    out << "device: cpu (" << dev.reason << ")\n";
 
   check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
@@ -457,6 +514,19 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   } else if (fs::exists(log_path)) {
     fs::remove(log_path);
   }
+  cpu::AdamWConfig opt;
+  opt.lr = float(r.optim.lr);
+  opt.beta1 = float(r.optim.beta1);
+  opt.beta2 = float(r.optim.beta2);
+  opt.eps = float(r.optim.eps);
+  opt.weight_decay = float(r.optim.weight_decay);
+  // On a GPU the student (and teacher) live on the device from here on; `model`, m and v are the
+  // host copies that checkpoints read, refreshed by copy_to before each save.
+  std::unique_ptr<CudaTrainer> gpu;
+  if (use_cuda) {
+    gpu = std::make_unique<CudaTrainer>(model, s.teacher.get(), s.loss, opt, B, T, A);
+    gpu->copy_from(model, m, v);
+  }
   std::ofstream log(log_path, std::ios::app);
   if (!log) throw InputError("[run] out_dir: cannot write " + log_path.string());
   std::unique_ptr<TensorBoardWriter> tb;
@@ -472,17 +542,19 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   };
 
   // Memory accounting for the profiler's report (CPU: fp32 everywhere).
-  const size_t P = model.params.size();
+  if (gpu) gpu->report_memory();
+  const size_t P = gpu ? 0 : model.params.size();
   profiler::memory_set(Mem::Weights, P * sizeof(float));
   profiler::memory_set(Mem::Gradients, P * sizeof(float));
   profiler::memory_set(Mem::OptimizerMoments, 2 * P * sizeof(float));
   profiler::memory_set(Mem::Activations, GPT2::activation_bytes(sc, B, T));
-  if (s.teacher) {
+  if (s.teacher && !gpu) {
     profiler::memory_set(Mem::TeacherWeights, s.teacher->params.size() * sizeof(float));
     profiler::memory_set(Mem::TeacherScratch,
                          GPT2::inference_scratch_bytes(s.teacher->config(), B, T));
     profiler::memory_set(Mem::LossWorkspace, size_t(B) * T * Vt * sizeof(float));
   }
+  if (!gpu) profiler::memory_set(Mem::Weights, P * sizeof(float));
   if (r.profile.enabled)
     profiler::configure(true, r.profile.wait, r.profile.warmup, r.profile.active, r.run.out_dir);
 
@@ -493,8 +565,9 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     out << "teacher: " << tc.n_layer << " layers, " << tc.n_head << " heads, " << tc.n_embd
         << " dims, " << tc.num_parameters() << " parameters\n";
     KD_RANGE_P("eval", Phase::Eval, st.step);
-    EvalStats te =
-        evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches, 1.0f, false);
+    EvalStats te = gpu ? evaluate_gpu(*gpu, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f)
+                       : evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches,
+                                  1.0f, false);
     sum.teacher_val_loss = te.teacher_ce;
     out << "teacher held-out loss " << std::fixed << std::setprecision(4) << te.teacher_ce
         << std::defaultfloat << "\n";
@@ -504,23 +577,20 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   const size_t N = size_t(B) * T;
   std::vector<float> tlog(s.teacher ? N * Vt : 0);
   std::vector<int32_t> inputs(size_t(A) * N), targets(size_t(A) * N);
-  cpu::AdamWConfig opt;
-  opt.beta1 = float(r.optim.beta1);
-  opt.beta2 = float(r.optim.beta2);
-  opt.eps = float(r.optim.eps);
-  opt.weight_decay = float(r.optim.weight_decay);
-
   auto save = [&]() {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
+    if (gpu) gpu->copy_to(model, m, v);
     write_checkpoint(r.run.out_dir, model, m, v, st, r);
     prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
     sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
   };
   auto run_eval = [&]() {
     KD_RANGE_P("eval", Phase::Eval, st.step);
-    EvalStats e = evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches,
-                           float(r.loss.temperature));
+    EvalStats e = gpu ? evaluate_gpu(*gpu, false, s.val_tokens, B, T, r.train.eval_batches,
+                                     float(r.loss.temperature))
+                      : evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches,
+                                 float(r.loss.temperature));
     sum.final_val_loss = e.student_ce;
     if (!std::isfinite(st.best_val_loss) || e.student_ce < st.best_val_loss)
       st.best_val_loss = e.student_ce;
@@ -551,41 +621,25 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     }
     int64_t rows = 0;
     for (int32_t t : targets) rows += t >= 0;
-    const float inv_norm = 1.0f / float(std::max<int64_t>(1, rows));
-    model.zero_grad();
+    const double lr = learning_rate(r, st.step);
     cpu::LossSums ls;
-    for (int a = 0; a < A; ++a) {
-      if (s.teacher) {
-        KD_RANGE_P("teacher_forward", Phase::TeacherForward, a);
-        s.teacher->forward_inference(tlog.data(), inputs.data() + a * N, B, T);
-      }
-      {
-        KD_RANGE_P("student_forward", Phase::StudentForward, a);
-        model.forward(inputs.data() + a * N, B, T);
-      }
-      {
-        KD_RANGE_P("loss", Phase::Loss, a);
-        cpu::kd_loss(model.logits(), &ls, model.logits(), s.teacher ? tlog.data() : nullptr, Vt,
-                     targets.data() + a * N, B * T, V, s.loss, inv_norm);
-      }
-      KD_RANGE_P("student_backward", Phase::StudentBackward, a);
-      model.backward(model.logits());
-    }
-    const double loss = ls.loss / double(std::max<int64_t>(1, rows));
-    const double norm = cpu::global_norm(model.grads.data(), model.grads.size());
-    if (!std::isfinite(loss) || !std::isfinite(norm)) {
-      const std::string ck = latest_checkpoint(r.run.out_dir);
-      throw std::runtime_error(
-          "step " + std::to_string(st.step + 1) + ": the loss is " +
-          (std::isfinite(loss) ? "finite but the gradient norm is not" : std::to_string(loss)) +
-          "; stopping. Last good checkpoint: " + (ck.empty() ? "none" : ck));
-    }
-    double lr = 0;
-    {
+    double loss = 0, norm = 0;
+    if (gpu) {
+      // The whole step on the device, one synchronisation at its end.
+      CudaStepResult res = gpu->step(inputs.data(), targets.data(), float(lr),
+                                     float(r.optim.grad_clip), int(st.step + 1));
+      ls = res.sums;
+      loss = res.loss;
+      norm = res.grad_norm;
+      if (!res.finite) throw_non_finite(r, st.step, loss);  // the device state is not saved
+    } else {
+      cpu_step(model, s, inputs, targets, tlog, A, B, T, V, Vt, rows, ls);
+      loss = ls.loss / double(std::max<int64_t>(1, rows));
+      norm = cpu::global_norm(model.grads.data(), model.grads.size());
+      if (!std::isfinite(loss) || !std::isfinite(norm)) throw_non_finite(r, st.step, loss);
       KD_RANGE_P("optimizer", Phase::Optimizer, st.step);
       const float clip = float(r.optim.grad_clip);
       const float scale = (clip > 0 && norm > clip) ? float(clip / norm) : 1.0f;
-      lr = learning_rate(r, st.step);
       opt.lr = float(lr);
       cpu::adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), spans, opt,
                         int(st.step + 1), scale);

@@ -1,0 +1,225 @@
+// The GPT-2 model on the GPU: the same parameter table, op order and conventions as the CPU model
+// (model/gpt2.h), with bf16 weights and activations, fp32 master weights, gradients and AdamW
+// moments. Host orchestration only: every op is a kd::cuda launcher (cuda/<op>.cuh) queued on the
+// model's stream; nothing here synchronises the host unless its comment says so.
+//
+// Memory is planned once from (config, B, T) and allocated as ONE device allocation per category
+// (see docs/gpu_backend.md): no cudaMalloc or cudaFree happens inside a step. A student holds
+// weights (bf16), master weights (fp32), gradients (fp32), moments (fp32 m and v) and activations;
+// a teacher holds its bf16 weights and one layer of scratch.
+//
+// Everything in this header exists only in builds with the CUDA backend (KD_WITH_CUDA).
+#pragma once
+
+#ifdef KD_WITH_CUDA
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/ops.h"
+#include "model/gpt2.h"
+
+// The kd::cuda launchers this model calls. cuda/*.cuh also hold device code that only nvcc
+// compiles, so a translation unit built by the host compiler sees these declarations instead: the
+// same signatures, copied from the headers. A signature that drifts fails to link (the mangled
+// names carry the parameter types); AdamWRounding must stay field for field as in cuda/adamw.cuh.
+#ifdef __CUDACC__
+#include "cuda/adamw.cuh"
+#include "cuda/attention.cuh"
+#include "cuda/encoder.cuh"
+#include "cuda/gelu.cuh"
+#include "cuda/kd_loss.cuh"
+#include "cuda/layernorm.cuh"
+#include "cuda/matmul.cuh"
+#include "cuda/residual.cuh"
+#else
+namespace kd::cuda {
+using bf16 = __nv_bfloat16;
+void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
+                     int T, int C, cudaStream_t s);
+void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens, int B,
+                      int T, int C, cudaStream_t s);
+void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* weight,
+                       const bf16* bias, int N, int C, cudaStream_t s);
+void layernorm_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                        const bf16* weight, const float* mean, const float* rstd, int N, int C,
+                        cudaStream_t s);
+void fused_residual_layernorm_forward(bf16* residual, bf16* out, float* mean, float* rstd,
+                                      const bf16* a, const bf16* b, const bf16* weight,
+                                      const bf16* bias, int N, int C, cudaStream_t s);
+void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias, int N, int C,
+                    int OC, kd::cpu::Layout layout, bool gelu_epilogue, bf16* pre_gelu,
+                    cudaStream_t stream);
+void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* weight, int N, int C, int OC, kd::cpu::Layout layout,
+                     cudaStream_t stream, bool accumulate_dinp = true);
+void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream);
+size_t attention_backward_scratch_floats(int B, int T, int NH);
+void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
+                        float* scratch);
+void gelu_forward(bf16* out, const bf16* inp, size_t n, cudaStream_t s);
+void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, size_t n, cudaStream_t s);
+void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n, cudaStream_t s);
+void kd_loss(bf16* dlogits, kd::cpu::LossSums* sums, const bf16* logits, const bf16* teacher,
+             int Vt, const int32_t* targets, int N, int V, const kd::cpu::LossConfig& cfg,
+             float inv_norm, cudaStream_t s);
+void global_norm(float* norm, float* scale, const float* grads, size_t n, float max_norm,
+                 cudaStream_t s);
+struct AdamWRounding {
+  bool stochastic = false;
+  uint64_t seed = 0;
+};
+void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
+                  const kd::cpu::ParamSpan* spans, int num_spans, size_t n,
+                  const kd::cpu::AdamWConfig& cfg, int t, float grad_scale,
+                  const float* grad_scale_dev, AdamWRounding rounding, cudaStream_t s);
+}  // namespace kd::cuda
+#endif
+
+namespace kd {
+
+// Owns one device allocation (cudaMalloc'ed once, freed on destruction).
+class DeviceBlock {
+ public:
+  DeviceBlock() = default;
+  explicit DeviceBlock(size_t bytes);
+  ~DeviceBlock();
+  DeviceBlock(const DeviceBlock&) = delete;
+  DeviceBlock& operator=(const DeviceBlock&) = delete;
+  DeviceBlock(DeviceBlock&& o) noexcept;
+  DeviceBlock& operator=(DeviceBlock&& o) noexcept;
+  char* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  char* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Bytes of each device category of one model at (B, T).
+struct GPT2CudaMemory {
+  size_t weights = 0;         // bf16 copy used by forward/backward
+  size_t master_weights = 0;  // fp32 (student only)
+  size_t gradients = 0;       // fp32 (student only)
+  size_t moments = 0;         // fp32 m and v (student only)
+  size_t activations = 0;     // training activations + backward scratch (student), or 0
+  size_t scratch = 0;         // one layer of inference scratch (teacher), or 0
+  size_t total() const {
+    return weights + master_weights + gradients + moments + activations + scratch;
+  }
+};
+
+class GPT2Cuda {
+ public:
+  enum class Role {
+    Student,  // trainable: forward (keeps activations), backward, optimizer state
+    Teacher,  // frozen: bf16 weights and forward_inference only
+  };
+
+  // Uploads the CPU model's parameters (fp32 -> master, bf16 weights) and plans every buffer for
+  // micro-batches of up to B sequences of up to T tokens. C must be a multiple of 8 and the head
+  // size C / n_head 64 or 128 (the attention kernel's sizes). Synchronises once (the upload).
+  GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream);
+  ~GPT2Cuda();
+  GPT2Cuda(const GPT2Cuda&) = delete;
+  GPT2Cuda& operator=(const GPT2Cuda&) = delete;
+
+  // What every category would take, without allocating anything.
+  static GPT2CudaMemory plan(const GPT2Config& cfg, int B, int T, Role role);
+  const GPT2CudaMemory& memory() const { return mem_; }
+
+  const GPT2Config& config() const { return cfg_; }
+  const std::vector<ParamInfo>& table() const { return table_; }
+  size_t num_parameters() const { return P_; }
+  Role role() const { return role_; }
+  int max_B() const { return maxB_; }
+  int max_T() const { return maxT_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Training forward on device tokens [B,T] (B <= max_B, T <= max_T; tokens in [0, V)): keeps the
+  // activations backward() needs and writes the logits [B,T,V] (bf16) into logits(). Student only.
+  void forward(const int32_t* tokens_dev, int B, int T);
+  cuda::bf16* logits() const { return logits_; }
+
+  // Backward from dlogits [B,T,V] bf16 (normally logits(), overwritten in place by the loss) of the
+  // last forward: ADDS into the fp32 gradients (the tied wte receives the LM head's and the
+  // embedding's contributions). The device tokens passed to forward must still hold the same ids.
+  void backward(const cuda::bf16* dlogits);
+
+  // Inference forward (any role): out [B,T,V] bf16 logits; a student uses its activation buffers
+  // as scratch, a teacher its one layer of scratch.
+  void forward_inference(cuda::bf16* out, const int32_t* tokens_dev, int B, int T);
+
+  // Device buffers of the optimizer (student only), laid out as table().
+  cuda::bf16* weights() const { return weights_; }
+  float* master() const { return master_; }
+  float* grads() const { return grads_; }
+  float* m() const { return m_; }
+  float* v() const { return v_; }
+  void zero_grad();  // queued on the stream
+
+  // Host copies (synchronise the stream).
+  void copy_params_to(GPT2& cpu) const;                    // master (student) or bf16 (teacher)
+  void copy_params_from(const GPT2& cpu);                  // master and bf16 weights
+  std::vector<float> download_grads() const;               // fp32 [P]
+  std::vector<float> download_master() const;              // fp32 [P]
+  std::vector<float> download_logits(int B, int T) const;  // logits() as floats [B,T,V]
+  void download_moments(std::vector<float>& m, std::vector<float>& v) const;
+  void upload_moments(const std::vector<float>& m, const std::vector<float>& v);
+
+ private:
+  struct LayerW {
+    const cuda::bf16 *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb,
+        *fcprojw, *fcprojb;
+  };
+  struct LayerG {
+    float *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
+        *fcprojb;
+  };
+  LayerW layer_w(int l) const;
+  LayerG layer_g(int l) const;
+  const cuda::bf16* pw(const char* name) const;  // wte, wpe, ln_f.*
+  float* pg(const char* name) const;
+  void check_shape(const char* what, int B, int T) const;
+
+  GPT2Config cfg_;
+  std::vector<ParamInfo> table_;
+  size_t P_ = 0;
+  Role role_;
+  int maxB_ = 0, maxT_ = 0;
+  cudaStream_t stream_ = nullptr;
+  GPT2CudaMemory mem_;
+
+  // One allocation per category.
+  DeviceBlock weights_block_, master_block_, grads_block_, moments_block_, acts_block_;
+  cuda::bf16* weights_ = nullptr;
+  float *master_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
+
+  // Activations (student), carved from acts_block_; per-layer tensors are [L, maxB*maxT, ...] and
+  // layer l of a (B,T) call starts at l * maxB*maxT*width. The teacher's scratch uses the same
+  // struct with L = 1 (one layer reused).
+  struct Acts {
+    cuda::bf16 *encoded = nullptr, *ln1 = nullptr, *qkv = nullptr, *atty = nullptr, *res2 = nullptr,
+               *ln2 = nullptr, *fch = nullptr, *fch_gelu = nullptr, *res3 = nullptr,
+               *proj = nullptr, *lnf = nullptr;
+    float *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr,
+          *lse = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr;
+    // backward scratch (student): d residual stream, d [N,C], two [N,4C] (the second also dqkv)
+    cuda::bf16 *dres = nullptr, *dC = nullptr, *d4a = nullptr, *d4b = nullptr;
+    float* att_scratch = nullptr;
+  } a_;
+  cuda::bf16* logits_ = nullptr;
+  const int32_t* fwd_tokens_ = nullptr;
+  int B_ = 0, T_ = 0;
+};
+
+}  // namespace kd
+
+#endif  // KD_WITH_CUDA
