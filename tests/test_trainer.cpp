@@ -215,3 +215,53 @@ TEST_F(TrainerTest, DistillationOnTinyShakespeareLowersHeldOutLoss) {
 }
 
 }  // namespace
+
+namespace {
+
+// A teacher checkpoint of a given vocabulary, made directly (random weights).
+void write_teacher(const fs::path& dir, int vocab) {
+  kd::GPT2Config c;
+  c.n_layer = 1;
+  c.n_head = 2;
+  c.n_embd = 16;
+  c.vocab_size = vocab;
+  c.block_size = 32;
+  kd::GPT2 t(c);
+  t.init_random(4);
+  fs::create_directories(dir);
+  kd::save_model(dir.string(), t);
+}
+
+TEST_F(TrainerTest, TeacherVocabularySmallerThanStudentsIsBadInput) {
+  write_teacher(dir_ / "small_teacher", 200);  // the byte tokenizer needs 256
+  std::ostringstream sink;
+  kd::Recipe r = kd::load_recipe(write_recipe("vocab",
+                                              student() + "[teacher]\ncheckpoint = \"" +
+                                                  (dir_ / "small_teacher").string() + "\"\n",
+                                              3)
+                                     .string());
+  try {
+    kd::train(r, sink);
+    FAIL() << "expected a vocabulary error";
+  } catch (const kd::InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("200"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("256"), std::string::npos) << msg;
+  }
+}
+
+TEST_F(TrainerTest, PaddedTeacherVocabularyIsSliced) {
+  write_teacher(dir_ / "padded_teacher", 320);  // 256 real ids + 64 padding rows
+  std::ostringstream out;
+  kd::Recipe r = kd::load_recipe(write_recipe("padded",
+                                              student() + "[teacher]\ncheckpoint = \"" +
+                                                  (dir_ / "padded_teacher").string() + "\"\n",
+                                              3)
+                                     .string());
+  kd::TrainSummary s = kd::train(r, out);
+  EXPECT_EQ(s.steps_done, 3);
+  EXPECT_NE(out.str().find("using its first 256 logits"), std::string::npos) << out.str();
+  EXPECT_TRUE(std::isfinite(s.final_val_loss));
+}
+
+}  // namespace
