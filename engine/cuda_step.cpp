@@ -57,6 +57,9 @@ size_t CudaTrainer::device_bytes() const {
 int64_t CudaTrainer::report_memory() const {
   no_cuda();
 }
+profiler::Clock* CudaTrainer::profiler_clock() {
+  no_cuda();
+}
 
 }  // namespace kd
 
@@ -65,6 +68,7 @@ int64_t CudaTrainer::report_memory() const {
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -119,6 +123,49 @@ class Stream {
 
  private:
   cudaStream_t s_ = nullptr;
+};
+
+// The profiler's GPU clock: mark() records an event on the step's stream and returns its index;
+// resolve() waits for the last event once, then converts every token to nanoseconds after the
+// step's first event (plus the host time of that first mark, so steps line up on one timeline).
+// Events are created on demand and reused from step to step.
+class EventClock final : public profiler::Clock {
+ public:
+  explicit EventClock(cudaStream_t s) : stream_(s) {}
+  ~EventClock() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  int64_t mark() override {
+    if (used_ == 0)
+      base_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::steady_clock::now().time_since_epoch())
+                     .count();
+    if (used_ == events_.size()) {
+      cudaEvent_t e;
+      check(cudaEventCreate(&e), "cudaEventCreate");
+      events_.push_back(e);
+    }
+    check(cudaEventRecord(events_[used_], stream_), "cudaEventRecord");
+    return static_cast<int64_t>(used_++);
+  }
+  void resolve(std::vector<int64_t>& tokens) override {
+    if (used_ == 0) return;
+    check(cudaEventSynchronize(events_[used_ - 1]), "cudaEventSynchronize");
+    for (int64_t& t : tokens) {
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, events_[0], events_[static_cast<size_t>(t)]),
+            "cudaEventElapsedTime");
+      t = base_ns_ + static_cast<int64_t>(static_cast<double>(ms) * 1e6);
+    }
+    used_ = 0;
+  }
+  const char* name() const override { return "cuda_events"; }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+  size_t used_ = 0;
+  int64_t base_ns_ = 0;
 };
 
 // What the single sync of a step reads back.
@@ -312,6 +359,7 @@ struct CudaTrainer::Impl {
   cpu::ParamSpan* spans_dev = nullptr;
   int num_spans = 0;
   std::unique_ptr<PinnedBlock> pinned_tokens, pinned_readback;
+  std::unique_ptr<EventClock> clock;  // the profiler's, created on request
 };
 
 CudaTrainer::CudaTrainer(const GPT2& student, const GPT2* teacher, const cpu::LossConfig& loss,
@@ -390,6 +438,12 @@ size_t CudaTrainer::device_bytes() const {
   size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes();
   if (im.teacher) b += im.teacher->memory().total();
   return b;
+}
+
+profiler::Clock* CudaTrainer::profiler_clock() {
+  Impl& im = *impl_;
+  if (!im.clock) im.clock = std::make_unique<EventClock>(im.stream);
+  return im.clock.get();
 }
 
 int64_t CudaTrainer::report_memory() const {

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "engine/cpu/ops.h"
+#include "engine/profiler.h"
 #include "model/gpt2.h"
 
 namespace kd {
@@ -89,6 +90,11 @@ class CudaTrainer {
   // largest micro-batch that would fit (activations, teacher scratch and teacher logits grow
   // linearly in B). Also returns that estimate.
   int64_t report_memory() const;
+
+  // A profiler clock that stamps ranges with CUDA events recorded on the step's stream, resolved
+  // once per step (one synchronisation) into nanoseconds: hand it to profiler::set_clock while the
+  // profiler window runs. Owned by this object.
+  profiler::Clock* profiler_clock();
 
  private:
   struct Impl;

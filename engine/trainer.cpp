@@ -555,6 +555,11 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     profiler::memory_set(Mem::LossWorkspace, size_t(B) * T * Vt * sizeof(float));
   }
   if (!gpu) profiler::memory_set(Mem::Weights, P * sizeof(float));
+  // On the GPU the profiler's ranges are stamped with CUDA events, read once per step.
+  struct ClockGuard {
+    ~ClockGuard() { profiler::set_clock(nullptr); }
+  } clock_guard;
+  if (gpu && r.profile.enabled) profiler::set_clock(gpu->profiler_clock());
   if (r.profile.enabled)
     profiler::configure(true, r.profile.wait, r.profile.warmup, r.profile.active, r.run.out_dir);
 
