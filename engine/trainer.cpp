@@ -524,6 +524,16 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   // host copies that checkpoints read, refreshed by copy_to before each save.
   std::unique_ptr<CudaTrainer> gpu;
   if (use_cuda) {
+    // What the CUDA kernels support, said in the recipe's terms before any device memory is used.
+    auto check_gpu_shape = [](const GPT2Config& c, const std::string& who) {
+      const int hs = c.n_embd / c.n_head;
+      if (hs != 64 && hs != 128)
+        throw InputError("[" + who + "] n_embd / n_head = " + std::to_string(hs) +
+                         ": the CUDA attention kernel supports head sizes 64 and 128 (use the CPU, "
+                         "or change n_head)");
+    };
+    check_gpu_shape(sc, "student");
+    if (s.teacher) check_gpu_shape(s.teacher->config(), "teacher");
     gpu = std::make_unique<CudaTrainer>(model, s.teacher.get(), s.loss, opt, B, T, A);
     gpu->copy_from(model, m, v);
   }
