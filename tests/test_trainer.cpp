@@ -265,3 +265,34 @@ TEST_F(TrainerTest, PaddedTeacherVocabularyIsSliced) {
 }
 
 }  // namespace
+
+namespace {
+
+// A full disk during a checkpoint: a small tmpfs as out_dir (needs root and mount; skipped
+// otherwise). The write fails with an error, the previous checkpoint stays complete and loadable,
+// and no temporary directory is left behind.
+TEST_F(TrainerTest, FullDiskNeverDamagesTheLastCheckpoint) {
+  const fs::path mnt = dir_ / "small_disk";
+  fs::create_directories(mnt);
+  const std::string cmd = "mount -t tmpfs -o size=700k tmpfs " + mnt.string() + " 2>/dev/null";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "cannot mount a small tmpfs here";
+  struct Unmount {
+    std::string path;
+    ~Unmount() { std::system(("umount " + path + " 2>/dev/null").c_str()); }
+  } unmount{mnt.string()};
+  std::ostringstream sink;
+  // Checkpoints of about 0.4 MB every 5 steps, none pruned: the second one cannot fit.
+  kd::Recipe r = kd::load_recipe(
+      write_recipe("full", student() + "[checkpoint]\nevery = 5\nkeep_last = 10\n", 20).string(),
+      {"run.out_dir=\"" + (mnt / "run").string() + "\"",
+       "data.cache_dir=\"" + (dir_ / "cache").string() + "\""});
+  EXPECT_THROW(kd::train(r, sink), std::runtime_error);
+  const std::string last = kd::latest_checkpoint((mnt / "run").string());
+  ASSERT_FALSE(last.empty()) << "the first checkpoint should have fit";
+  kd::GPT2 m = kd::load_model(last);
+  EXPECT_GT(m.params.size(), 0u);
+  for (const auto& e : fs::directory_iterator(mnt / "run"))
+    EXPECT_NE(e.path().filename().string().rfind(".tmp", 0), 0u) << "left behind: " << e.path();
+}
+
+}  // namespace
