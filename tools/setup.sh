@@ -38,4 +38,5 @@ fi
 BUILD="${KD_BUILD_DIR:-build}"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKD_CUDA="${KD_CUDA:-AUTO}" \
   -DCMAKE_CUDA_ARCHITECTURES="${KD_CUDA_ARCH:-90a}" "${PYTHON_ARGS[@]}" >/dev/null
-cmake --build "$BUILD" -j"$(nproc)"
+# KD_BUILD_TARGET builds one target only (the demo needs just the kdengine binary).
+cmake --build "$BUILD" -j"$(nproc)" ${KD_BUILD_TARGET:+--target "$KD_BUILD_TARGET"}
