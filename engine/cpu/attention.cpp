@@ -60,6 +60,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
         const float e = std::exp(scores[j] - max_s);
         sum += e;
         const float* v = base + j * row3 + 2 * C + h * hs;
+#pragma omp simd
         for (int d = 0; d < hs; ++d) o[d] += e * v[d];
       }
       const float inv = 1.0f / sum;
@@ -118,10 +119,12 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 #pragma omp simd reduction(+ : dp)
           for (int d = 0; d < hs; ++d) dp += g[d] * v[d];
           const float ds = p[j] * (dp - D) * scale;
+          const float pj = p[j];
+#pragma omp simd
           for (int d = 0; d < hs; ++d) {
             dq[d] += ds * k[d];
             dk[d] += ds * q[d];
-            dv[d] += p[j] * g[d];
+            dv[d] += pj * g[d];
           }
         }
         float* dqi = dbase + i * row3 + h * hs;
