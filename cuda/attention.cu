@@ -71,8 +71,7 @@ __device__ __forceinline__ void store_bf16x2(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
-// ---- forward
-// ---------------------------------------------------------------------------------------
+// ---- forward ------------------------------------------------------------------------------------
 
 template <int D>
 struct FwdCfg {
@@ -198,8 +197,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- backward: Dr = rowsum(dO o O)
-// ------------------------------------------------------------------
+// ---- backward: Dr = rowsum(dO o O) --------------------------------------------------------------
 
 // D/8 consecutive lanes per (b, t, h) row, each one 16-byte vector of dO and O.
 template <int D>
@@ -232,8 +230,7 @@ __global__ void attention_backward_dot_kernel(float* __restrict__ Dr, const bf16
   }
 }
 
-// ---- backward: dK, dV
-// ------------------------------------------------------------------------------
+// ---- backward: dK, dV ---------------------------------------------------------------------------
 
 template <int D>
 struct DkvCfg {
@@ -354,8 +351,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- backward: dQ
-// ----------------------------------------------------------------------------------
+// ---- backward: dQ -------------------------------------------------------------------------------
 
 template <int D>
 struct DqCfg {
@@ -458,8 +454,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- host side
-// -------------------------------------------------------------------------------------
+// ---- host side ----------------------------------------------------------------------------------
 
 int head_size(int B, int T, int C, int NH, const char* op) {
   if (B < 0 || T < 0 || NH <= 0 || C <= 0 || C % NH != 0)

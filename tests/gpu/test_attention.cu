@@ -2,6 +2,7 @@
 // dv (the GPU writes dqkv; the CPU twin adds, so it starts from zero), determinism of the backward.
 // Inputs are random, rounded to bf16 and given to the CPU twin as floats; outputs are poisoned
 // (NaN) before each kernel runs.
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
@@ -152,9 +153,64 @@ TEST(AttentionPipeline, GpuForwardThenBackward) {
   EXPECT_TRUE(close_norm(d_dqkv.download(), dqkv_cpu, kBf16Tol, "dqkv"));
 }
 
-TEST(AttentionShapes, RejectsUnsupportedHeadSize) {
+// Sharp softmax: q and k in [-8, 8] give scaled scores of standard deviation about 20, so the row
+// maximum jumps between key tiles and the running sum and output are rescaled by factors far from
+// 1 (down to underflow). Forward only: the backward's bf16 dS loses too much to cancellation here
+// for the bf16 tolerance to be a fair bound.
+TEST(AttentionSharp, ForwardMatchesCpuWithLargeScores) {
   KD_REQUIRE_GPU();
+  for (int hs : {64, 128}) {
+    const int B = 1, T = 200, NH = 2, C = NH * hs;
+    const size_t n_qkv = static_cast<size_t>(B) * T * 3 * C, n_out = static_cast<size_t>(B) * T * C;
+    const size_t n_lse = static_cast<size_t>(B) * NH * T;
+    std::mt19937 rng(4242 + hs);
+    std::vector<float> qkv = random_uniform(n_qkv, rng, -2.0f, 2.0f);
+    for (int bt = 0; bt < B * T; ++bt)
+      for (int c = 0; c < 2 * C; ++c) qkv[static_cast<size_t>(bt) * 3 * C + c] *= 4.0f;  // q, k
+    const std::vector<bf16> qkv_b = round_to_bf16(qkv);
+    std::vector<float> out_cpu(n_out), lse_cpu(n_lse);
+    kd::cpu::attention_forward(out_cpu.data(), lse_cpu.data(), qkv.data(), B, T, C, NH);
+
+    DeviceBuffer<bf16> d_qkv(qkv_b), d_out(n_out);
+    DeviceBuffer<float> d_lse(n_lse);
+    d_out.poison();
+    d_lse.poison();
+    kd::cuda::attention_forward(d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, nullptr);
+    KD_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::string tag = "hs" + std::to_string(hs);
+    EXPECT_TRUE(close_norm(d_out.download(), out_cpu, kBf16Tol, (tag + " out").c_str()));
+    EXPECT_TRUE(close_norm(d_lse.download(), lse_cpu, kLseTol, (tag + " lse").c_str()));
+  }
+}
+
+// Host-side argument checks: they throw before any CUDA call, so these run without a GPU too.
+TEST(AttentionShapes, RejectsUnsupportedHeadSize) {
   EXPECT_THROW(kd::cuda::attention_forward(nullptr, nullptr, nullptr, 1, 4, 96, 1, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(kd::cuda::attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 96,
+                                            1, nullptr, nullptr),
+               std::invalid_argument);
+}
+
+// The host rejects misaligned pointers and a missing scratch before anything is launched (the
+// pointers below are never dereferenced).
+TEST(AttentionShapes, RejectsMisalignedPointersAndMissingScratch) {
+  const auto fake = [](uintptr_t addr) { return reinterpret_cast<bf16*>(addr); };
+  float* lse = reinterpret_cast<float*>(uintptr_t{4096});
+  const int B = 1, T = 4, C = 64, NH = 1;
+  EXPECT_THROW(kd::cuda::attention_forward(fake(4096 + 2), lse, fake(8192), B, T, C, NH, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(kd::cuda::attention_forward(fake(4096), lse, fake(8192 + 8), B, T, C, NH, nullptr),
+               std::invalid_argument);
+  float* scratch = reinterpret_cast<float*>(uintptr_t{16384});
+  EXPECT_THROW(kd::cuda::attention_backward(fake(4096 + 8), fake(8192), fake(12288), fake(20480),
+                                            lse, B, T, C, NH, nullptr, scratch),
+               std::invalid_argument);
+  EXPECT_THROW(kd::cuda::attention_backward(fake(4096), fake(8192 + 2), fake(12288), fake(20480),
+                                            lse, B, T, C, NH, nullptr, scratch),
+               std::invalid_argument);
+  EXPECT_THROW(kd::cuda::attention_backward(fake(4096), fake(8192), fake(12288), fake(20480), lse,
+                                            B, T, C, NH, nullptr, nullptr),
                std::invalid_argument);
 }
 
