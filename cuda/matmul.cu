@@ -23,9 +23,9 @@
 // (cuBLASLt's BGRAD epilogues overwrite rather than add, and only in D's type).
 //
 // Work split: cuBLASLt's kernels for the products; the bias reduction runs one block per 64 columns
-// x a chunk of rows (32 x 8 threads, partial sums in fp32 scratch), then one thread per column adds
-// the chunks in order. FLOPs 2 N C OC per product; bytes about 2 (N C + C OC + N OC) per bf16
-// product plus 4 C OC twice for the fp32 dW read-modify-write.
+// x a chunk of rows (32 x 8 threads, partial sums in fp32 stream-ordered scratch), then one thread
+// per column adds the chunks in order. FLOPs 2 N C OC per product; bytes about
+// 2 (N C + C OC + N OC) per bf16 product plus 4 C OC twice for the fp32 dW read-modify-write.
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -197,22 +197,6 @@ class Context {
     ++calls_;
   }
 
-  // fp32 scratch for the bias reduction, grown (with a device synchronisation) only when a larger
-  // shape first appears.
-  float* bias_scratch(size_t floats) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (floats > bias_capacity_) {
-      if (bias_scratch_ != nullptr) {
-        KD_CUDA_CHECK(cudaDeviceSynchronize());
-        KD_CUDA_CHECK(cudaFree(bias_scratch_));
-        bias_scratch_ = nullptr;
-      }
-      KD_CUDA_CHECK(cudaMalloc(&bias_scratch_, floats * sizeof(float)));
-      bias_capacity_ = floats;
-    }
-    return bias_scratch_;
-  }
-
   MatmulStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
     MatmulStats s;
@@ -303,8 +287,6 @@ class Context {
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
-  float* bias_scratch_ = nullptr;
-  size_t bias_capacity_ = 0;
   size_t calls_ = 0;
   std::unordered_map<PlanKey, Plan, PlanKeyHash> plans_;
   std::mutex mu_;
@@ -423,11 +405,14 @@ void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout,
     const int chunks = std::max(1, std::min(ceil_div(1024, col_blocks), max_chunks));
     const int rows_per_chunk = ceil_div(N, chunks);
     const int used_chunks = ceil_div(N, rows_per_chunk);
-    float* partial = ctx.bias_scratch(static_cast<size_t>(used_chunks) * OC);
+    // Stream-ordered scratch (cached by the pool after the first step): no device synchronisation,
+    // and concurrent streams never share it.
+    StreamScratch partial(sizeof(float) * static_cast<size_t>(used_chunks) * OC, stream);
     bias_partial_kernel<<<dim3(col_blocks, used_chunks), dim3(32, kBiasRowThreads), 0, stream>>>(
-        partial, dout, N, OC, rows_per_chunk);
+        partial.as<float>(), dout, N, OC, rows_per_chunk);
     KD_CUDA_CHECK_LAUNCH();
-    bias_finish_kernel<<<ceil_div(OC, 256), 256, 0, stream>>>(dbias, partial, OC, used_chunks);
+    bias_finish_kernel<<<ceil_div(OC, 256), 256, 0, stream>>>(dbias, partial.as<float>(), OC,
+                                                              used_chunks);
     KD_CUDA_CHECK_LAUNCH();
   }
 }

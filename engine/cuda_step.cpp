@@ -152,6 +152,9 @@ class EventClock final : public profiler::Clock {
     if (used_ == 0) return;
     check(cudaEventSynchronize(events_[used_ - 1]), "cudaEventSynchronize");
     for (int64_t& t : tokens) {
+      // The profiler also hands over the end of a range still open at step_end as -1: not a
+      // token of this clock, left as it is.
+      if (t < 0 || static_cast<size_t>(t) >= used_) continue;
       float ms = 0;
       check(cudaEventElapsedTime(&ms, events_[0], events_[static_cast<size_t>(t)]),
             "cudaEventElapsedTime");

@@ -24,11 +24,8 @@
 #include "engine/cpu/ops.h"
 #include "model/gpt2.h"
 
-// The kd::cuda launchers this model calls. cuda/*.cuh also hold device code that only nvcc
-// compiles, so a translation unit built by the host compiler sees these declarations instead: the
-// same signatures, copied from the headers. A signature that drifts fails to link (the mangled
-// names carry the parameter types); AdamWRounding must stay field for field as in cuda/adamw.cuh.
-#ifdef __CUDACC__
+// The kd::cuda launchers this model calls (host declarations; the device code in these headers is
+// compiled only by nvcc).
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
 #include "cuda/encoder.cuh"
@@ -37,51 +34,6 @@
 #include "cuda/layernorm.cuh"
 #include "cuda/matmul.cuh"
 #include "cuda/residual.cuh"
-#else
-namespace kd::cuda {
-using bf16 = __nv_bfloat16;
-void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
-                     int T, int C, cudaStream_t s);
-void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens, int B,
-                      int T, int C, cudaStream_t s);
-void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* weight,
-                       const bf16* bias, int N, int C, cudaStream_t s);
-void layernorm_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
-                        const bf16* weight, const float* mean, const float* rstd, int N, int C,
-                        cudaStream_t s);
-void fused_residual_layernorm_forward(bf16* residual, bf16* out, float* mean, float* rstd,
-                                      const bf16* a, const bf16* b, const bf16* weight,
-                                      const bf16* bias, int N, int C, cudaStream_t s);
-void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias, int N, int C,
-                    int OC, kd::cpu::Layout layout, bool gelu_epilogue, bf16* pre_gelu,
-                    cudaStream_t stream);
-void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
-                     const bf16* weight, int N, int C, int OC, kd::cpu::Layout layout,
-                     cudaStream_t stream, bool accumulate_dinp = true);
-void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                       cudaStream_t stream);
-size_t attention_backward_scratch_floats(int B, int T, int NH);
-void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
-                        float* scratch);
-void gelu_forward(bf16* out, const bf16* inp, size_t n, cudaStream_t s);
-void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, size_t n, cudaStream_t s);
-void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n, cudaStream_t s);
-void kd_loss(bf16* dlogits, kd::cpu::LossSums* sums, const bf16* logits, const bf16* teacher,
-             int Vt, const int32_t* targets, int N, int V, const kd::cpu::LossConfig& cfg,
-             float inv_norm, cudaStream_t s);
-void global_norm(float* norm, float* scale, const float* grads, size_t n, float max_norm,
-                 cudaStream_t s);
-struct AdamWRounding {
-  bool stochastic = false;
-  uint64_t seed = 0;
-};
-void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
-                  const kd::cpu::ParamSpan* spans, int num_spans, size_t n,
-                  const kd::cpu::AdamWConfig& cfg, int t, float grad_scale,
-                  const float* grad_scale_dev, AdamWRounding rounding, cudaStream_t s);
-}  // namespace kd::cuda
-#endif
 
 namespace kd {
 

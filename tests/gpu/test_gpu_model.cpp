@@ -24,13 +24,7 @@
 #include "engine/cuda_step.h"
 #include "engine/device.h"
 #include "model/gpt2.h"
-
-// The host compiler builds this file: gpu_test_util.h (device code) is not usable here.
-#define KD_REQUIRE_GPU()                                                           \
-  do {                                                                             \
-    const kd::DeviceInfo& kd_dev_ = kd::probe_device();                            \
-    if (!kd_dev_.cuda_usable) GTEST_SKIP() << "no usable GPU: " << kd_dev_.reason; \
-  } while (0)
+#include "tests/gpu/gpu_test_util.h"  // KD_REQUIRE_GPU (host-compilable)
 
 namespace {
 
