@@ -16,9 +16,9 @@
 #   4. the PyTorch comparison, and a short teacher + KD training run on cuda
 #   5. compute-sanitizer memcheck and racecheck on the kernel tests (the large cases filtered out)
 # Writes OUTDIR/summary.md, OUTDIR/summary.json, OUTDIR/steps.tsv and one log per step in
-# OUTDIR/logs/. Exits 1 when any test failed, crashed or timed out, when no test ran (all skipped:
-# no usable GPU), or when a sanitizer found errors; sanitizer timeouts, benchmark and training
-# failures are reported in the summary only.
+# OUTDIR/logs/. Exits 1 when any test failed, crashed, timed out or was skipped (a skipped GPU
+# test means no usable GPU), when a training run failed, or when a sanitizer found errors;
+# sanitizer timeouts and benchmark failures are reported in the summary only.
 set -u
 
 OUT=${1:?usage: tools/gpu_check.sh OUTDIR [BUILD_DIR]}
@@ -194,18 +194,23 @@ bad_steps = [s for s in steps
              if (s["step"].startswith("test_") and s["status"] in ("fail", "timeout"))
              or (s["step"].startswith(("memcheck_", "racecheck_")) and s["status"] == "fail")]
 ran_tests = sum(s.get("tests", 0) - s.get("skipped", 0) for s in suites)
-# Every test skipping means no GPU was usable: that is not a pass.
+skipped_tests = sum(s.get("skipped", 0) for s in suites)
+# The training runs are part of the check too.
+bad_steps += [s for s in steps if s["step"].startswith("train_") and s["status"] in ("fail", "timeout")]
+# A skipped GPU test means no GPU was usable (a few host-side tests run anywhere): not a pass.
 summary = {"device": device, "steps": steps, "test_suites": suites, "benchmarks": benches,
            "failed_tests": failed_tests, "tests_run": ran_tests,
            "failed_test_steps": [s["step"] for s in bad_steps],
-           "passed": failed_tests == 0 and not bad_steps and ran_tests > 0}
+           "skipped_tests": skipped_tests,
+           "passed": failed_tests == 0 and not bad_steps and ran_tests > 0 and skipped_tests == 0}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 
 def fmt(x, spec):
     return format(x, spec) if isinstance(x, (int, float)) else "-"
 L = ["# GPU check", "", "```", device, "```", "",
-     "Overall: **%s** (%d tests ran, %d failed)" % (
-         "PASS" if summary["passed"] else "FAIL", ran_tests, failed_tests), "",
+     "Overall: **%s** (%d tests ran, %d failed, %d skipped; failed steps: %s)" % (
+         "PASS" if summary["passed"] else "FAIL", ran_tests, failed_tests, skipped_tests,
+         ", ".join(summary["failed_test_steps"]) or "none"), "",
      "## Steps", "", "| step | status | rc | s |", "|---|---|---|---|"]
 L += ["| %s | %s | %s | %s |" % (s["step"], s["status"], s["rc"], s["seconds"]) for s in steps]
 L += ["", "## Test suites", "", "| executable | suite | tests | failed | skipped |",
