@@ -453,11 +453,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   const DeviceInfo& dev = probe_device();
   if (r.run.device == "cuda" && !dev.cuda_usable)
     throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
-  const bool use_cuda = r.run.device == "cuda" || (r.run.device == "auto" && dev.cuda_usable);
-  if (use_cuda)
-    out << "device: cuda (" << dev.name << ")\n";
-  else if (r.run.device == "auto")
-    out << "device: cpu (" << dev.reason << ")\n";
+  bool use_cuda = r.run.device == "cuda" || (r.run.device == "auto" && dev.cuda_usable);
 
   check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
@@ -523,17 +519,29 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   // On a GPU the student (and teacher) live on the device from here on; `model`, m and v are the
   // host copies that checkpoints read, refreshed by copy_to before each save.
   std::unique_ptr<CudaTrainer> gpu;
+  if (!use_cuda && r.run.device == "auto" && !dev.cuda_usable)
+    out << "device: cpu (" << dev.reason << ")\n";
   if (use_cuda) {
     // What the CUDA kernels support, said in the recipe's terms before any device memory is used.
-    auto check_gpu_shape = [](const GPT2Config& c, const std::string& who) {
-      const int hs = c.n_embd / c.n_head;
+    // "cuda" insists; "auto" falls back to the CPU.
+    std::string unsupported;
+    for (const GPT2Config* c : {&sc, s.teacher ? &s.teacher->config() : nullptr}) {
+      if (!c) continue;
+      const int hs = c->n_embd / c->n_head;
       if (hs != 64 && hs != 128)
-        throw InputError("[" + who + "] n_embd / n_head = " + std::to_string(hs) +
-                         ": the CUDA attention kernel supports head sizes 64 and 128 (use the CPU, "
-                         "or change n_head)");
-    };
-    check_gpu_shape(sc, "student");
-    if (s.teacher) check_gpu_shape(s.teacher->config(), "teacher");
+        unsupported = std::string(c == &sc ? "[student]" : "[teacher]") +
+                      " n_embd / n_head = " + std::to_string(hs) +
+                      ": the CUDA attention kernel supports head sizes 64 and 128";
+    }
+    if (!unsupported.empty()) {
+      if (r.run.device == "cuda")
+        throw InputError(unsupported + " (use the CPU, or change n_head)");
+      use_cuda = false;
+      out << "device: cpu (" << unsupported << ")\n";
+    }
+  }
+  if (use_cuda) {
+    out << "device: cuda (" << dev.name << ")\n";
     gpu = std::make_unique<CudaTrainer>(model, s.teacher.get(), s.loss, opt, B, T, A);
     gpu->copy_from(model, m, v);
   }
