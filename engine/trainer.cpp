@@ -77,6 +77,13 @@ void fsync_path(const fs::path& p) {
   }
 }
 
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
 // The recipe says "bytes"; the tokenizer calls itself "byte".
 std::string tokenizer_kind(const std::string& recipe_kind) {
   return recipe_kind == "bytes" ? "byte" : recipe_kind;
@@ -94,11 +101,8 @@ Json tokenizer_json(const Recipe& r) {
 std::unique_ptr<Tokenizer> tokenizer_from_checkpoint(const std::string& dir, int vocab_size) {
   const fs::path p = fs::path(dir) / "tokenizer.json";
   if (fs::exists(p)) {
-    std::ifstream f(p);
-    std::stringstream ss;
-    ss << f.rdbuf();
     try {
-      Json j = Json::parse(ss.str());
+      Json j = Json::parse(read_text(p));
       return make_tokenizer(tokenizer_kind(j.at("kind").as_string()), j.at("encoder").as_string(),
                             j.at("vocab_bpe").as_string());
     } catch (const JsonError& e) {
@@ -161,8 +165,11 @@ void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::
   fs::rename(tmp_link, link);
 }
 
-void prune_checkpoints(const std::string& out_dir, int keep_last) {
+// The complete checkpoints under out_dir (step_* directories holding trainer_state.json, which is
+// written last), oldest first.
+std::vector<fs::path> complete_checkpoints(const std::string& out_dir) {
   std::vector<fs::path> dirs;
+  if (!fs::is_directory(out_dir)) return dirs;
   for (const auto& e : fs::directory_iterator(out_dir)) {
     const std::string n = e.path().filename().string();
     if (e.is_directory() && !e.is_symlink() && n.rfind("step_", 0) == 0 &&
@@ -170,17 +177,19 @@ void prune_checkpoints(const std::string& out_dir, int keep_last) {
       dirs.push_back(e.path());
   }
   std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
+void prune_checkpoints(const std::string& out_dir, int keep_last) {
+  const std::vector<fs::path> dirs = complete_checkpoints(out_dir);
   for (size_t i = 0; i + keep_last < dirs.size(); ++i) fs::remove_all(dirs[i]);
 }
 
 State read_state(const std::string& dir) {
   const fs::path p = fs::path(dir) / "trainer_state.json";
-  std::ifstream f(p);
-  if (!f) throw InputError(p.string() + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
+  if (!fs::exists(p)) throw InputError(p.string() + ": cannot open");
   try {
-    Json j = Json::parse(ss.str());
+    Json j = Json::parse(read_text(p));
     State st;
     st.step = j.at("step").as_int();
     st.rng_state = std::stoull(j.at("rng_state").as_string(), nullptr, 16);
@@ -191,13 +200,6 @@ State read_state(const std::string& dir) {
   } catch (const std::exception& e) {
     throw InputError(p.string() + ": " + e.what());
   }
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 // Keeps the JSON-lines log consistent with a resumed checkpoint: drops records after its step.
@@ -224,15 +226,8 @@ struct Batches {
 }  // namespace
 
 std::string latest_checkpoint(const std::string& out_dir) {
-  if (!fs::is_directory(out_dir)) return "";
-  std::string best;
-  for (const auto& e : fs::directory_iterator(out_dir)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && !e.is_symlink() && n.rfind("step_", 0) == 0 &&
-        fs::exists(e.path() / "trainer_state.json") && e.path().string() > best)
-      best = e.path().string();
-  }
-  return best;
+  const std::vector<fs::path> dirs = complete_checkpoints(out_dir);
+  return dirs.empty() ? "" : dirs.back().string();
 }
 
 namespace {

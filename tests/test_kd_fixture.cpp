@@ -13,26 +13,13 @@
 #include "engine/cpu/ops.h"
 #include "engine/json.h"
 #include "engine/safetensors.h"
+#include "tests/fixture_util.h"
 
 namespace {
 
-const std::string kFixtures = std::string(KD_SOURCE_DIR) + "/tests/fixtures";
-
-kd::Json read_json(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return kd::Json::parse(ss.str());
-}
-
-double rel_err(const float* a, const float* b, size_t n) {
-  double diff = 0, ref = 0;
-  for (size_t i = 0; i < n; ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    ref += double(b[i]) * b[i];
-  }
-  return std::sqrt(diff / ref);
-}
+using kd::test::kFixtures;
+using kd::test::read_json;
+using kd::test::rel_err;
 
 double rel_err(double a, double b) {
   return std::fabs(a - b) / std::fabs(b);
