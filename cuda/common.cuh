@@ -1,7 +1,7 @@
 // Shared helpers for the CUDA kernels: error checking, bf16 conversions, warp reductions.
 // Includable from host-compiled (.cpp) translation units: the device-only helpers are compiled
-// only by nvcc (__CUDACC__); the bf16 alias, KD_CUDA_CHECK, ceil_div, aligned16 and StreamScratch
-// are available everywhere.
+// only by nvcc (__CUDACC__) or for the CPU emulator (KD_CUDA_EMU, tests/emu); the bf16 alias,
+// KD_CUDA_CHECK, ceil_div, aligned16 and StreamScratch are available everywhere.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,7 +35,7 @@ __host__ __device__ inline bool aligned16(const void* p) {
   return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
 }
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(KD_CUDA_EMU)
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
@@ -81,7 +81,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   float r = lane < warps ? scratch[lane] : 0.0f;
   return warp_sum(r);
 }
-#endif  // __CUDACC__
+#endif  // __CUDACC__ || KD_CUDA_EMU
 
 // ---- stream-ordered scratch memory -----------------------------------------------------------
 // Device memory from the stream-ordered allocator: allocated on `s` and freed on `s` when the
