@@ -58,7 +58,7 @@ target_compile_options(kdcore_emu PRIVATE ${KD_WARNINGS})
 
 # Every GPU test, emulated (emu_test_<name>), and the emulator's own test (emu_test_emu).
 file(GLOB KD_EMU_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_*.cu
-     ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_*.cpp ${KD_EMU_DIR}/test_*.cu)
+     ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_*.cpp ${KD_EMU_DIR}/test_*.cu ${KD_EMU_DIR}/test_*.cpp)
 foreach(src ${KD_EMU_TEST_SOURCES})
   get_filename_component(name ${src} NAME_WE)
   kd_emu_rewrite(${src} out)

@@ -64,9 +64,10 @@ struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out
   Thread t;
   State st = State::Ready;
-  unsigned long long seq = 0;  // warp exchanges made (selects the double buffer)
-  unsigned mask = 0;           // mask of the pending warp-collective
-  const void* site = nullptr;  // code address of the pending __syncthreads
+  unsigned long long seq = 0;       // warp exchanges made (selects the double buffer)
+  unsigned mask = 0;                // mask of the pending warp-collective
+  const char* site_file = nullptr;  // source position of the pending __syncthreads
+  int site_line = 0;
   char* stack = nullptr;
 };
 
@@ -288,14 +289,15 @@ void run_block(Engine& e, uint3 bid) {
     if (!all_at_block)
       fatal("deadlock in block (" + std::to_string(bid.x) + "," + std::to_string(bid.y) + "," +
             std::to_string(bid.z) + "): threads wait at different barriers" + state_report(e));
-    const void* site = nullptr;
+    const Fiber* first = nullptr;
     for (const Fiber& f : e.fibers) {
       if (f.st != State::AtBlock) continue;
-      if (site != nullptr && f.site != site)
+      if (first == nullptr) first = &f;
+      if (f.site_line != first->site_line || std::strcmp(f.site_file, first->site_file) != 0)
         fatal("deadlock in block (" + std::to_string(bid.x) + "," + std::to_string(bid.y) + "," +
-              std::to_string(bid.z) +
-              "): threads wait at different __syncthreads() (a barrier in divergent code)");
-      site = f.site;
+              std::to_string(bid.z) + "): threads wait at different __syncthreads() (" +
+              first->site_file + ":" + std::to_string(first->site_line) + " and " + f.site_file +
+              ":" + std::to_string(f.site_line) + "): a barrier in divergent code");
     }
     for (Fiber& f : e.fibers)
       if (f.st == State::AtBlock) {
@@ -313,8 +315,11 @@ Thread& self() {
   return e.cur->t;
 }
 
-__attribute__((noinline)) void syncthreads() {
-  engine().cur->site = __builtin_return_address(0);
+// The source position, not the code address: the compiler may duplicate one barrier call (loop
+// unrolling, tail duplication), and threads at the copies are still at the same barrier.
+void syncthreads(const char* file, int line) {
+  engine().cur->site_file = file;
+  engine().cur->site_line = line;
   yield(State::AtBlock);
 }
 
@@ -391,6 +396,7 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
     return;
   }
   install_segv_reporter();
+  count_launch();
   // Stacks are mapped once and kept (a guard page below each turns an overflow into the segv
   // report); launches with fewer threads use the first ones.
   static std::vector<char*> stacks;

@@ -59,7 +59,8 @@ extern dim3 g_block_dim;
 extern dim3 g_grid_dim;
 Thread& self();
 
-void syncthreads();
+// `file` and `line` name the __syncthreads() call: every live thread must wait at the same one.
+void syncthreads(const char* file, int line);
 // Waits for every live lane of the calling warp (mask must name them all); no data.
 void syncwarp(unsigned mask);
 // Posts `bytes` (<= 64) from `v`, waits for every live lane of the warp, and returns the 32 posts
@@ -85,6 +86,15 @@ template <typename T>
 T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_bytes());
 }
+
+// What the emulated runtime has been asked to do so far (tests check a training step's budget).
+struct RuntimeCounts {
+  long long mallocs = 0, frees = 0;              // cudaMalloc / cudaFree
+  long long async_mallocs = 0, async_frees = 0;  // cudaMallocAsync / cudaFreeAsync
+  long long host_syncs = 0;  // cudaDevice/Stream/EventSynchronize and synchronous cudaMemcpy
+  long long launches = 0;
+};
+RuntimeCounts runtime_counts();
 
 // One kernel launch: `(Launch("name", grid, block, smem, stream) % kernel)(args...)`.
 void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
@@ -135,7 +145,7 @@ T shfl_pick(unsigned mask, T v, int src) {
 #define blockDim (::emu::g_block_dim)
 #define gridDim (::emu::g_grid_dim)
 #define __launch_bounds__(...)
-#define __syncthreads() ::emu::syncthreads()
+#define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
 #define __syncwarp(...) ::emu::syncwarp(0xffffffffu)
 
 constexpr int warpSize = 32;

@@ -9,6 +9,7 @@
 namespace emu {
 
 void set_last_error(cudaError_t e);
+void count_launch();
 bool is_shared(const void* p, size_t bytes);
 void set_max_dynamic_smem(const void* kernel, int bytes);
 [[noreturn]] void kernel_fatal(const std::string& what);

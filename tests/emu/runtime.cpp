@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 
+#include "tests/emu/emu.h"
 #include "tests/emu/emu_internal.h"
 
 namespace emu {
@@ -27,6 +28,7 @@ struct Runtime {
   std::map<const char*, Allocation> device;  // keyed by the returned pointer
   size_t device_bytes = 0;
   cudaError_t last = cudaSuccess;
+  RuntimeCounts counts;
 };
 
 Runtime& rt() {
@@ -106,6 +108,14 @@ void set_last_error(cudaError_t e) {
   rt().last = e;
 }
 
+void count_launch() {
+  ++rt().counts.launches;
+}
+
+RuntimeCounts runtime_counts() {
+  return rt().counts;
+}
+
 bool is_device_range(const void* p, size_t bytes) {
   return in_device(p, bytes);
 }
@@ -153,6 +163,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
+  ++emu::rt().counts.host_syncs;
   return emu::rt().last;
 }
 cudaError_t cudaGetLastError(void) {
@@ -184,15 +195,19 @@ const char* cudaGetErrorName(cudaError_t e) {
 }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
+  ++emu::rt().counts.mallocs;
   return emu::device_alloc(p, bytes);
 }
 cudaError_t cudaFree(void* p) {
+  ++emu::rt().counts.frees;
   return emu::device_free(p);
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  ++emu::rt().counts.async_mallocs;
   return emu::device_alloc(p, bytes);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  ++emu::rt().counts.async_frees;
   return emu::device_free(p);
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
@@ -209,6 +224,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  ++emu::rt().counts.host_syncs;
   return emu::check_copy(dst, src, n, kind);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind,
@@ -237,6 +253,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  ++emu::rt().counts.host_syncs;
   return emu::rt().last;
 }
 
@@ -258,6 +275,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  ++emu::rt().counts.host_syncs;
   return cudaSuccess;
 }
 cudaError_t cudaEventQuery(cudaEvent_t) {
