@@ -3,7 +3,9 @@
 // normalised by beta (1 - beta)), with its gradient written over the student logits.
 // Math and definitions: docs/ops/kd_loss.md and the CPU twin engine/cpu/kd_loss.cpp.
 //
-// Decomposition: one block (512 threads) per row; thread i takes columns i, i + 512, ...
+// Decomposition: one block per row, of 512 threads for large vocabularies and fewer (a multiple
+// of 32, about V / 4) for small ones, so that no warp idles; thread i of n takes columns i, i + n,
+// ...
 //   pass 1: online max / sum-of-exponentials of z (at T = 1 and at T) and of t (at T), merged over
 //           the block (warp shuffles, then warps in order): every log-softmax is known after it.
 //   pass 2: elementwise terms of the row sums (entropies, forward KL, and reverse KL or the two
@@ -18,6 +20,7 @@
 // GPU: the second read mostly comes from DRAM on an H100; expect 8 to 10 bytes per logit of DRAM
 // traffic, 12 to 14 for reverse KL and JSD). Math per logit: 5 exponentials (FKL), ~9
 // transcendental calls (JSD).
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -28,7 +31,7 @@ namespace kd::cuda {
 
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = 512;  // the most threads per row
 constexpr int kWarps = kThreads / 32;
 constexpr int kRec = 6;  // per-row record: ce, kd, kl, teacher entropy, student entropy, supervised
 
@@ -84,7 +87,7 @@ __device__ __forceinline__ Online online_merge(const Online& a, const Online& b,
   return r;
 }
 
-// Merges the block's statistics; every thread gets the result. `sh` holds kWarps entries.
+// Merges the block's statistics; every thread gets the result. `sh` holds one entry per warp.
 __device__ Online block_online(Online o, float inv_t, Online* sh) {
   for (int off = 16; off > 0; off >>= 1) {
     Online other;
@@ -97,7 +100,7 @@ __device__ Online block_online(Online o, float inv_t, Online* sh) {
   if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = o;
   __syncthreads();
   Online r = sh[0];
-  for (int w = 1; w < kWarps; ++w) r = online_merge(r, sh[w], inv_t);
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) r = online_merge(r, sh[w], inv_t);
   return r;
 }
 
@@ -115,7 +118,7 @@ __device__ void block_sum_k(float (&v)[K], float (*sh)[kWarps]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     float r = 0.0f;
-    for (int w = 0; w < kWarps; ++w) r += sh[k][w];
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) r += sh[k][w];
     v[k] = r;
   }
 }
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kThreads)
 
   if (target < 0 || target >= V) {  // masked (or invalid) row: zero gradient, no contribution
     if (dz != nullptr)
-      for (int k = threadIdx.x; k < V; k += kThreads) dz[k] = __float2bfloat16(0.0f);
+      for (int k = threadIdx.x; k < V; k += blockDim.x) dz[k] = __float2bfloat16(0.0f);
     if (threadIdx.x == 0) {
       for (int f = 0; f < kRec; ++f) out[f] = 0.0f;
       if (target >= V) out[0] = NAN, out[5] = 1.0f;  // an out-of-vocabulary target poisons the sums
@@ -159,14 +162,15 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) sh_target_logit = __bfloat162float(z[target]);
   {
     constexpr int kU = 4;  // loads in flight per thread
+    const int n = blockDim.x;
     int k = threadIdx.x;
-    for (; k + (kU - 1) * kThreads < V; k += kU * kThreads) {
+    for (; k + (kU - 1) * n < V; k += kU * n) {
       float zv[kU], tv[kU];
 #pragma unroll
-      for (int u = 0; u < kU; ++u) zv[u] = __bfloat162float(z[k + u * kThreads]);
+      for (int u = 0; u < kU; ++u) zv[u] = __bfloat162float(z[k + u * n]);
       if constexpr (kTeacher) {
 #pragma unroll
-        for (int u = 0; u < kU; ++u) tv[u] = __bfloat162float(t[k + u * kThreads]);
+        for (int u = 0; u < kU; ++u) tv[u] = __bfloat162float(t[k + u * n]);
       }
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
@@ -174,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
         if constexpr (kTeacher) online_add(ot, tv[u], inv_t);
       }
     }
-    for (; k < V; k += kThreads) {
+    for (; k < V; k += n) {
       online_add(oz, __bfloat162float(z[k]), inv_t);
       if constexpr (kTeacher) online_add(ot, __bfloat162float(t[k]), inv_t);
     }
@@ -190,7 +194,7 @@ __global__ void __launch_bounds__(kThreads)
   // ---- pass 2: row sums (and the gradient for CE and forward KL) -------------------------------
   const bool grad_in_pass2 = dz != nullptr && (MODE == kCE || MODE == kForwardKL);
   float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};  // H(q), H(p), fkl, rkl | kl_pm, - | kl_qm
-  for (int k = threadIdx.x; k < V; k += kThreads) {
+  for (int k = threadIdx.x; k < V; k += blockDim.x) {
     const float zk = __bfloat162float(z[k]);
     const float lq = (zk - zmax) * inv_t - lsq;
     const float q = expf(lq);
@@ -234,7 +238,7 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (MODE == kReverseKL || MODE == kJSD) {
     if (dz == nullptr) return;
     const float row_div = MODE == kReverseKL ? acc[3] : acc[4];  // rkl, or kl(q||m)
-    for (int k = threadIdx.x; k < V; k += kThreads) {
+    for (int k = threadIdx.x; k < V; k += blockDim.x) {
       const float zk = __bfloat162float(z[k]);
       float grad = P.g_ce * (expf((zk - zmax) - ls1) - (k == target ? 1.0f : 0.0f));
       if (P.g_kd != 0.0f) {
@@ -327,23 +331,25 @@ void kd_loss(bf16* dlogits, kd::cpu::LossSums* sums, const bf16* logits, const b
   P.g_ce = inv_norm * cfg.ce_weight;
   P.g_kd = teacher != nullptr ? inv_norm * cfg.kd_weight * scale * P.inv_t : 0.0f;
 
+  // About 4 columns per thread, at least one warp, at most kThreads.
+  const int threads = std::min(kThreads, std::max(32, ceil_div(ceil_div(V, 4), 32) * 32));
   StreamScratch rec(sizeof(float) * kRec * static_cast<size_t>(N), s);
   switch (mode) {
     case kCE:
       kd_loss_rows<kCE>
-          <<<N, kThreads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
+          <<<N, threads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
       break;
     case kForwardKL:
       kd_loss_rows<kForwardKL>
-          <<<N, kThreads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
+          <<<N, threads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
       break;
     case kReverseKL:
       kd_loss_rows<kReverseKL>
-          <<<N, kThreads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
+          <<<N, threads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
       break;
     default:
       kd_loss_rows<kJSD>
-          <<<N, kThreads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
+          <<<N, threads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
       break;
   }
   KD_CUDA_CHECK_LAUNCH();
