@@ -67,6 +67,7 @@ foreach(src ${KD_EMU_TEST_SOURCES})
   target_compile_options(emu_${name} PRIVATE ${KD_EMU_FLAGS})
   target_compile_definitions(emu_${name} PRIVATE KD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   # Idle OpenMP workers of the CPU twins would otherwise spin against the single emulator thread.
-  gtest_discover_tests(emu_${name} DISCOVERY_MODE PRE_TEST PROPERTIES LABELS emu
-                       ENVIRONMENT OMP_WAIT_POLICY=PASSIVE)
+  # The prefix keeps the names apart from the same tests' GPU binaries (labelled gpu).
+  gtest_discover_tests(emu_${name} DISCOVERY_MODE PRE_TEST TEST_PREFIX "emu:"
+                       PROPERTIES LABELS emu ENVIRONMENT OMP_WAIT_POLICY=PASSIVE)
 endforeach()
