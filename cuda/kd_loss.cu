@@ -3,9 +3,8 @@
 // normalised by beta (1 - beta)), with its gradient written over the student logits.
 // Math and definitions: docs/ops/kd_loss.md and the CPU twin engine/cpu/kd_loss.cpp.
 //
-// Decomposition: one block per row, of 512 threads for large vocabularies and fewer (a multiple
-// of 32, about V / 4) for small ones, so that no warp idles; thread i of n takes columns i, i + n,
-// ...
+// Decomposition: one block of n threads per row, n = 512 for large vocabularies and about V / 4 (a
+// multiple of 32) for small ones, so that no warp idles; thread i takes columns i, i + n, ...
 //   pass 1: online max / sum-of-exponentials of z (at T = 1 and at T) and of t (at T), merged over
 //           the block (warp shuffles, then warps in order): every log-softmax is known after it.
 //   pass 2: elementwise terms of the row sums (entropies, forward KL, and reverse KL or the two

@@ -79,24 +79,13 @@ cudaError_t device_free(void* p) {
   return cudaSuccess;
 }
 
-// Host pointers are anything that is not inside a device allocation; device ones must lie inside
-// one allocation.
-bool in_device(const void* p, size_t bytes) {
-  std::lock_guard<std::mutex> lock(rt().mu);
-  const char* c = static_cast<const char*>(p);
-  auto it = rt().device.upper_bound(c);
-  if (it == rt().device.begin()) return false;
-  --it;
-  return c + bytes <= it->first + it->second.bytes;
-}
-
 cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
   if (n == 0) return cudaSuccess;
   const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
   const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if (dst_dev && !in_device(dst, n))
+  if (dst_dev && !is_device_range(dst, n))
     return fail(cudaErrorInvalidValue, "cudaMemcpy: destination range is not inside one buffer");
-  if (src_dev && !in_device(src, n))
+  if (src_dev && !is_device_range(src, n))
     return fail(cudaErrorInvalidValue, "cudaMemcpy: source range is not inside one buffer");
   std::memmove(dst, src, n);
   return cudaSuccess;
@@ -116,8 +105,15 @@ RuntimeCounts runtime_counts() {
   return rt().counts;
 }
 
+// Host pointers are anything that is not inside a device allocation; device ones must lie inside
+// one allocation.
 bool is_device_range(const void* p, size_t bytes) {
-  return in_device(p, bytes);
+  std::lock_guard<std::mutex> lock(rt().mu);
+  const char* c = static_cast<const char*>(p);
+  auto it = rt().device.upper_bound(c);
+  if (it == rt().device.begin()) return false;
+  --it;
+  return c + bytes <= it->first + it->second.bytes;
 }
 
 }  // namespace emu
@@ -232,7 +228,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind
   return emu::check_copy(dst, src, n, kind);
 }
 cudaError_t cudaMemset(void* p, int value, size_t n) {
-  if (n > 0 && !emu::in_device(p, n))
+  if (n > 0 && !emu::is_device_range(p, n))
     return fail(cudaErrorInvalidValue, "cudaMemset: range is not inside one device buffer");
   std::memset(p, value, n);
   return cudaSuccess;
