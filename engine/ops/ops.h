@@ -6,7 +6,8 @@
 // - Tensors are row-major, contiguous, passed as raw pointers with explicit sizes. B = batch,
 //   T = sequence length, C = channels, NH = heads, V = vocabulary, N = rows (usually B*T).
 // - A forward writes (overwrites) its outputs.
-// - A backward ADDS into every gradient it produces (parameters and inputs alike), so gradients that
+// - A backward ADDS into every gradient it produces (parameters and inputs alike), so gradients
+// that
 //   meet (residual stream, tied embedding, accumulation over micro-batches) need no extra pass. The
 //   caller zeroes gradients once per optimizer step.
 // - A precondition that fails is a programming error of the caller, not bad user input.

@@ -14,18 +14,16 @@
 #include <limits>
 #include <sstream>
 
-#include "engine/ops/cpu/ops.h"
-#include "engine/train/cuda_step.h"
-#include "engine/io/data.h"
-#include "engine/train/device.h"
 #include "engine/base/error.h"
 #include "engine/base/json.h"
 #include "engine/base/profiler.h"
 #include "engine/base/rng.h"
+#include "engine/base/trace.h"
+#include "engine/io/data.h"
 #include "engine/io/safetensors.h"
 #include "engine/io/tensorboard.h"
 #include "engine/io/tokenizer.h"
-#include "engine/base/trace.h"
+#include "engine/train/backend.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -317,49 +315,28 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   return s;
 }
 
-// Mean held-out loss over fixed evaluation windows: student CE, and with a teacher the teacher's CE
-// and KL(p_T || q_T) at the recipe's temperature.
+// Mean held-out loss over fixed evaluation windows: the student's CE and, with a teacher,
+// KL(p_T || q_T) at `temperature`; or (teacher_only) the teacher's own CE.
 struct EvalStats {
   double student_ce = 0, teacher_ce = 0, kl = 0;
   int64_t tokens = 0;
 };
 
-EvalStats evaluate(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& val, int B,
-                   int T, int batches, float temperature, bool student_too = true) {
-  EvalStats e;
+EvalStats evaluate(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
+                   int T, int batches, float temperature) {
   const BatchSampler sampler({}, val, 0);
-  const int V = student.config().vocab_size;
-  const int Vt = teacher ? teacher->config().vocab_size : V;
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
-  std::vector<float> slog, tlog;
-  LossSums ss, ts;
+  LossSums sums;
   for (int i = 0; i < batches; ++i) {
     sampler.eval_batch(i, B, T, in.data(), tg.data());
-    LossConfig ce;
-    if (student_too) {
-      slog.resize(size_t(B) * T * V);
-      student.forward_inference(slog.data(), in.data(), B, T);
-      if (teacher) {
-        tlog.resize(size_t(B) * T * Vt);
-        teacher->forward_inference(tlog.data(), in.data(), B, T);
-        LossConfig kl = ce;
-        kl.temperature = temperature;
-        cpu::kd_loss(nullptr, &ss, slog.data(), tlog.data(), Vt, tg.data(), B * T, V, kl, 1.0f);
-      } else {
-        cpu::kd_loss(nullptr, &ss, slog.data(), nullptr, 0, tg.data(), B * T, V, ce, 1.0f);
-      }
-    }
-    if (teacher && !student_too) {
-      tlog.resize(size_t(B) * T * Vt);
-      teacher->forward_inference(tlog.data(), in.data(), B, T);
-      cpu::kd_loss(nullptr, &ts, tlog.data(), nullptr, 0, tg.data(), B * T, Vt, ce, 1.0f);
-    }
+    sums += teacher_only ? backend.eval_teacher(in.data(), tg.data(), B, T)
+                         : backend.eval_student(in.data(), tg.data(), B, T, temperature);
   }
-  const double rows = double(std::max<int64_t>(1, student_too ? ss.rows : ts.rows));
-  e.student_ce = ss.ce / rows;
-  e.kl = ss.kl / rows;
-  e.teacher_ce = ts.ce / rows;
-  e.tokens = student_too ? ss.rows : ts.rows;
+  EvalStats e;
+  const double rows = double(std::max<int64_t>(1, sums.rows));
+  (teacher_only ? e.teacher_ce : e.student_ce) = sums.ce / rows;
+  e.kl = sums.kl / rows;
+  e.tokens = sums.rows;
   return e;
 }
 
@@ -386,54 +363,141 @@ void check_out_dir_writable(const std::string& out_dir) {
       "; stopping. Last good checkpoint: " + (ck.empty() ? "none" : ck));
 }
 
-// One step's forward and backward on the CPU: grad_accum micro-batches, each with the teacher's
-// forward, the student's forward, the fused loss (dlogits in place, normalised by the supervised
-// tokens of the whole step) and the student's backward into the gradient buffer.
-void cpu_step(GPT2& model, Setup& s, const std::vector<int32_t>& inputs,
-              const std::vector<int32_t>& targets, std::vector<float>& tlog, int A, int B, int T,
-              int V, int Vt, int64_t rows, LossSums& ls) {
-  const size_t N = size_t(B) * T;
-  const float inv_norm = 1.0f / float(std::max<int64_t>(1, rows));
-  model.zero_grad();
-  for (int a = 0; a < A; ++a) {
-    if (s.teacher) {
-      KD_RANGE_P("teacher_forward", Phase::TeacherForward, a);
-      s.teacher->forward_inference(tlog.data(), inputs.data() + a * N, B, T);
-    }
-    {
-      KD_RANGE_P("student_forward", Phase::StudentForward, a);
-      model.forward(inputs.data() + a * N, B, T);
-    }
-    {
-      KD_RANGE_P("loss", Phase::Loss, a);
-      cpu::kd_loss(model.logits(), &ls, model.logits(), s.teacher ? tlog.data() : nullptr, Vt,
-                   targets.data() + a * N, B * T, V, s.loss, inv_norm);
-    }
-    KD_RANGE_P("student_backward", Phase::StudentBackward, a);
-    model.backward(model.logits());
+DeviceChoice device_choice(const Recipe& r) {
+  if (r.run.device == "cpu") return DeviceChoice::Cpu;
+  if (r.run.device == "cuda") return DeviceChoice::Cuda;
+  return DeviceChoice::Auto;
+}
+
+AdamWConfig adamw_config(const Recipe& r) {
+  AdamWConfig opt;
+  opt.lr = float(r.optim.lr);
+  opt.beta1 = float(r.optim.beta1);
+  opt.beta2 = float(r.optim.beta2);
+  opt.eps = float(r.optim.eps);
+  opt.weight_decay = float(r.optim.weight_decay);
+  return opt;
+}
+
+StepShape step_shape(const Recipe& r, const GPT2Config& student) {
+  return {r.train.micro_batch, r.train.seq_len > 0 ? r.train.seq_len : student.block_size,
+          r.train.grad_accum};
+}
+
+// Resumes from the newest checkpoint under out_dir when the recipe asks for it: the student's
+// parameters, the AdamW moments, the loop's state and the sampler's position. Otherwise (or when
+// there is none) the run starts at step 0 with a fresh log.
+State resume_or_start(const Recipe& r, GPT2& model, std::vector<float>& m, std::vector<float>& v,
+                      BatchSampler& sampler, std::ostream& out) {
+  const fs::path log_path = fs::path(r.run.out_dir) / "log.jsonl";
+  State st;
+  m.assign(model.params.size(), 0.0f);
+  v.assign(model.params.size(), 0.0f);
+  const std::string ck = r.checkpoint.resume ? latest_checkpoint(r.run.out_dir) : "";
+  if (ck.empty()) {
+    if (r.checkpoint.resume)
+      out << "resume: no checkpoint in " << r.run.out_dir << "; starting from step 0\n";
+    if (fs::exists(log_path)) fs::remove(log_path);
+    return st;
+  }
+  st = read_state(ck);
+  GPT2 loaded = load_model(ck);
+  if (!(loaded.config() == model.config()))
+    throw InputError(ck + ": checkpoint model config differs from the recipe's student");
+  model.params = loaded.params;
+  SafetensorsFile opt((fs::path(ck) / "optimizer.safetensors").string());
+  for (const auto& p : model.table()) {
+    const auto* em = opt.find("m." + p.name);
+    const auto* ev = opt.find("v." + p.name);
+    if (!em || !ev || em->numel() != p.numel || ev->numel() != p.numel)
+      throw InputError(opt.path() + ": missing or mis-sized optimizer state for " + p.name);
+    opt.read_f32(*em, m.data() + p.offset);
+    opt.read_f32(*ev, v.data() + p.offset);
+  }
+  sampler.set_state(st.rng_state);
+  // Say which recipe keys changed since the checkpoint was written.
+  const fs::path old_recipe = fs::path(r.run.out_dir) / ".resume-recipe.toml";
+  try {
+    const std::string text =
+        Json::parse(read_text(fs::path(ck) / "trainer_state.json")).at("recipe").as_string();
+    write_file_synced(old_recipe.string(), text);
+    Recipe before = load_recipe(old_recipe.string());
+    for (const auto& d : recipe_diff(before, r)) out << "resume: recipe changed: " << d << "\n";
+  } catch (const std::exception& e) {
+    out << "resume: cannot compare with the checkpoint's recipe (" << e.what() << ")\n";
+  }
+  std::error_code ec;
+  fs::remove(old_recipe, ec);
+  truncate_log(log_path, st.step);
+  out << "resume: from " << ck << " at step " << st.step << "\n";
+  return st;
+}
+
+// The run's outputs besides checkpoints: log.jsonl and, when enabled, the TensorBoard scalars.
+class RunLog {
+ public:
+  RunLog(const Recipe& r)
+      : path_(fs::path(r.run.out_dir) / "log.jsonl"), log_(path_, std::ios::app) {
+    if (!log_) throw InputError("[run] out_dir: cannot write " + path_.string());
+    if (r.log.tensorboard)
+      tb_ = std::make_unique<TensorBoardWriter>((fs::path(r.run.out_dir) / "tb").string());
+  }
+  // One record to log.jsonl and, for every numeric field, the matching TensorBoard scalar.
+  void emit(const Json& j) {
+    log_ << j.dump() << "\n";
+    log_.flush();
+    if (!tb_) return;
+    write_log_record(*tb_, j);
+    tb_->flush();
+  }
+
+ private:
+  fs::path path_;
+  std::ofstream log_;
+  std::unique_ptr<TensorBoardWriter> tb_;
+};
+
+void print_models(const GPT2Config& sc, const GPT2* teacher, std::ostream& out) {
+  out << "student: " << sc.n_layer << " layers, " << sc.n_head << " heads, " << sc.n_embd
+      << " dims, vocab " << sc.vocab_size << ", " << sc.num_parameters() << " parameters\n";
+  if (teacher) {
+    const GPT2Config& tc = teacher->config();
+    out << "teacher: " << tc.n_layer << " layers, " << tc.n_head << " heads, " << tc.n_embd
+        << " dims, " << tc.num_parameters() << " parameters\n";
   }
 }
 
-// evaluate() on the GPU: the same fixed windows, the sums added over the batches.
-EvalStats evaluate_gpu(CudaTrainer& gpu, bool teacher_only, const std::vector<uint16_t>& val, int B,
-                       int T, int batches, float temperature) {
-  const BatchSampler sampler({}, val, 0);
-  std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
-  LossSums sums;
-  for (int i = 0; i < batches; ++i) {
-    sampler.eval_batch(i, B, T, in.data(), tg.data());
-    LossSums b = teacher_only ? gpu.eval_teacher_loss(in.data(), tg.data(), B, T)
-                                   : gpu.eval_loss(in.data(), tg.data(), B, T, temperature);
-    sums.ce += b.ce;
-    sums.kl += b.kl;
-    sums.rows += b.rows;
-  }
-  EvalStats e;
-  const double rows = double(std::max<int64_t>(1, sums.rows));
-  (teacher_only ? e.teacher_ce : e.student_ce) = sums.ce / rows;
-  e.kl = sums.kl / rows;
-  e.tokens = sums.rows;
-  return e;
+// The record of a logged step: log.jsonl, TensorBoard and the console line.
+Json step_record(int64_t step, const StepResult& res, double lr, double tokens_per_s,
+                 double step_ms) {
+  const double R = double(std::max<int64_t>(1, res.sums.rows));
+  Json j = Json::object();
+  j["step"] = step;
+  j["loss"] = res.loss;
+  j["ce"] = res.sums.ce / R;
+  j["kd"] = res.sums.kd / R;
+  j["kl"] = res.sums.kl / R;
+  j["teacher_entropy"] = res.sums.teacher_entropy / R;
+  j["student_entropy"] = res.sums.student_entropy / R;
+  j["lr"] = lr;
+  j["grad_norm"] = res.grad_norm;
+  j["tokens_per_s"] = tokens_per_s;
+  j["step_time_ms"] = step_ms;
+  j["peak_mem_bytes"] = double(profiler::memory_stats().total_peak);
+  return j;
+}
+
+void write_summary(const Recipe& r, const TrainSummary& sum, size_t parameters) {
+  Json j = Json::object();
+  j["steps"] = sum.steps_done;
+  j["parameters"] = int64_t(parameters);
+  j["final_val_loss"] = sum.final_val_loss;
+  j["best_val_loss"] = sum.best_val_loss;
+  j["teacher_val_loss"] = sum.teacher_val_loss;
+  j["tokens_seen"] = sum.tokens_seen;
+  j["wall_seconds"] = sum.wall_seconds;
+  j["interrupted"] = sum.interrupted;
+  write_file_synced((fs::path(r.run.out_dir) / "summary.json").string(), j.dump(2) + "\n");
 }
 
 }  // namespace
@@ -443,171 +507,51 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
       std::numeric_limits<double>::quiet_NaN();
-
-  // Device: "cuda" must be usable; "auto" falls back to the CPU with one notice line.
-  const DeviceInfo& dev = probe_device();
-  if (r.run.device == "cuda" && !dev.cuda_usable)
-    throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
-  bool use_cuda = r.run.device == "cuda" || (r.run.device == "auto" && dev.cuda_usable);
-
   check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
   GPT2& model = *s.student;
-  const GPT2Config& sc = model.config();
-  const int B = r.train.micro_batch, T = r.train.seq_len > 0 ? r.train.seq_len : sc.block_size;
-  const int A = r.train.grad_accum, V = sc.vocab_size;
-  const int Vt = s.teacher ? s.teacher->config().vocab_size : V;
-  model.enable_training();
-  std::vector<float> m(model.params.size(), 0.0f), v(model.params.size(), 0.0f);
-  std::vector<ParamSpan> spans;
-  for (const auto& p : model.table()) spans.push_back({p.offset, p.numel, p.decay});
+  const StepShape shape = step_shape(r, model.config());
+  const int B = shape.B, T = shape.T;
+  const size_t step_tokens = size_t(shape.grad_accum) * B * T;
 
-  State st;
   BatchSampler sampler(s.train_tokens, {}, static_cast<uint64_t>(r.run.seed));
-  const fs::path log_path = fs::path(r.run.out_dir) / "log.jsonl";
-  if (r.checkpoint.resume) {
-    const std::string ck = latest_checkpoint(r.run.out_dir);
-    if (ck.empty()) {
-      out << "resume: no checkpoint in " << r.run.out_dir << "; starting from step 0\n";
-      if (fs::exists(log_path)) fs::remove(log_path);
-    } else {
-      st = read_state(ck);
-      GPT2 loaded = load_model(ck);
-      if (!(loaded.config() == sc))
-        throw InputError(ck + ": checkpoint model config differs from the recipe's student");
-      model.params = loaded.params;
-      SafetensorsFile opt((fs::path(ck) / "optimizer.safetensors").string());
-      for (const auto& p : model.table()) {
-        const auto* em = opt.find("m." + p.name);
-        const auto* ev = opt.find("v." + p.name);
-        if (!em || !ev || em->numel() != p.numel || ev->numel() != p.numel)
-          throw InputError(opt.path() + ": missing or mis-sized optimizer state for " + p.name);
-        opt.read_f32(*em, m.data() + p.offset);
-        opt.read_f32(*ev, v.data() + p.offset);
-      }
-      sampler.set_state(st.rng_state);
-      // Say which recipe keys changed since the checkpoint was written.
-      const fs::path old_recipe = fs::path(r.run.out_dir) / ".resume-recipe.toml";
-      try {
-        const std::string text =
-            Json::parse(read_text(fs::path(ck) / "trainer_state.json")).at("recipe").as_string();
-        write_file_synced(old_recipe.string(), text);
-        Recipe before = load_recipe(old_recipe.string());
-        for (const auto& d : recipe_diff(before, r)) out << "resume: recipe changed: " << d << "\n";
-      } catch (const std::exception& e) {
-        out << "resume: cannot compare with the checkpoint's recipe (" << e.what() << ")\n";
-      }
-      std::error_code ec;
-      fs::remove(old_recipe, ec);
-      truncate_log(log_path, st.step);
-      out << "resume: from " << ck << " at step " << st.step << "\n";
-    }
-  } else if (fs::exists(log_path)) {
-    fs::remove(log_path);
-  }
-  AdamWConfig opt;
-  opt.lr = float(r.optim.lr);
-  opt.beta1 = float(r.optim.beta1);
-  opt.beta2 = float(r.optim.beta2);
-  opt.eps = float(r.optim.eps);
-  opt.weight_decay = float(r.optim.weight_decay);
-  // On a GPU the student (and teacher) live on the device from here on; `model`, m and v are the
-  // host copies that checkpoints read, refreshed by copy_to before each save.
-  std::unique_ptr<CudaTrainer> gpu;
-  if (!use_cuda && r.run.device == "auto" && !dev.cuda_usable)
-    out << "device: cpu (" << dev.reason << ")\n";
-  if (use_cuda) {
-    // What the CUDA kernels support, said in the recipe's terms before any device memory is used.
-    // "cuda" insists; "auto" falls back to the CPU.
-    std::string unsupported;
-    for (const GPT2Config* c : {&sc, s.teacher ? &s.teacher->config() : nullptr}) {
-      if (!c) continue;
-      const int hs = c->n_embd / c->n_head;
-      if (hs != 64 && hs != 128)
-        unsupported = std::string(c == &sc ? "[student]" : "[teacher]") +
-                      " n_embd / n_head = " + std::to_string(hs) +
-                      ": the CUDA attention kernel supports head sizes 64 and 128";
-    }
-    if (!unsupported.empty()) {
-      if (r.run.device == "cuda")
-        throw InputError(unsupported + " (use the CPU, or change n_head)");
-      use_cuda = false;
-      out << "device: cpu (" << unsupported << ")\n";
-    }
-  }
-  if (use_cuda) {
-    out << "device: cuda (" << dev.name << ")\n";
-    gpu = std::make_unique<CudaTrainer>(model, s.teacher.get(), s.loss, opt, B, T, A);
-    gpu->copy_from(model, m, v);
-  }
-  std::ofstream log(log_path, std::ios::app);
-  if (!log) throw InputError("[run] out_dir: cannot write " + log_path.string());
-  std::unique_ptr<TensorBoardWriter> tb;
-  if (r.log.tensorboard)
-    tb = std::make_unique<TensorBoardWriter>((fs::path(r.run.out_dir) / "tb").string());
-  // Writes one record to log.jsonl and, for every numeric field, the matching TensorBoard scalar.
-  auto emit = [&](const Json& j) {
-    log << j.dump() << "\n";
-    log.flush();
-    if (!tb) return;
-    write_log_record(*tb, j);
-    tb->flush();
-  };
+  std::vector<float> m, v;  // the moments as checkpoints hold them
+  State st = resume_or_start(r, model, m, v, sampler, out);
+  std::unique_ptr<Backend> backend =
+      make_backend(device_choice(r), model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
+  backend->load_state(model, m, v);
+  RunLog log(r);
 
-  // Memory accounting for the profiler's report (CPU: fp32 everywhere).
-  if (gpu) gpu->report_memory();
-  const size_t P = gpu ? 0 : model.params.size();
-  profiler::memory_set(Mem::Weights, P * sizeof(float));
-  profiler::memory_set(Mem::Gradients, P * sizeof(float));
-  profiler::memory_set(Mem::OptimizerMoments, 2 * P * sizeof(float));
-  profiler::memory_set(Mem::Activations, GPT2::activation_bytes(sc, B, T));
-  if (s.teacher && !gpu) {
-    profiler::memory_set(Mem::TeacherWeights, s.teacher->params.size() * sizeof(float));
-    profiler::memory_set(Mem::TeacherScratch,
-                         GPT2::inference_scratch_bytes(s.teacher->config(), B, T));
-    profiler::memory_set(Mem::LossWorkspace, size_t(B) * T * Vt * sizeof(float));
-  }
-  if (!gpu) profiler::memory_set(Mem::Weights, P * sizeof(float));
-  // On the GPU the profiler's ranges are stamped with CUDA events, read once per step.
+  backend->report_memory();
   struct ClockGuard {
     ~ClockGuard() { profiler::set_clock(nullptr); }
   } clock_guard;
-  if (gpu && r.profile.enabled) profiler::set_clock(gpu->profiler_clock());
-  if (r.profile.enabled)
+  if (r.profile.enabled) {
+    profiler::set_clock(backend->profiler_clock());
     profiler::configure(true, r.profile.wait, r.profile.warmup, r.profile.active, r.run.out_dir);
+  }
 
-  out << "student: " << sc.n_layer << " layers, " << sc.n_head << " heads, " << sc.n_embd
-      << " dims, vocab " << sc.vocab_size << ", " << sc.num_parameters() << " parameters\n";
+  print_models(model.config(), s.teacher.get(), out);
   if (s.teacher) {
-    const GPT2Config& tc = s.teacher->config();
-    out << "teacher: " << tc.n_layer << " layers, " << tc.n_head << " heads, " << tc.n_embd
-        << " dims, " << tc.num_parameters() << " parameters\n";
     KD_RANGE_P("eval", Phase::Eval, st.step);
-    EvalStats te = gpu ? evaluate_gpu(*gpu, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f)
-                       : evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches,
-                                  1.0f, false);
-    sum.teacher_val_loss = te.teacher_ce;
-    out << "teacher held-out loss " << std::fixed << std::setprecision(4) << te.teacher_ce
+    sum.teacher_val_loss =
+        evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f).teacher_ce;
+    out << "teacher held-out loss " << std::fixed << std::setprecision(4) << sum.teacher_val_loss
         << std::defaultfloat << "\n";
   }
   out << "tokens: train " << s.train_tokens.size() << ", val " << s.val_tokens.size() << "\n";
 
-  const size_t N = size_t(B) * T;
-  std::vector<float> tlog(s.teacher ? N * Vt : 0);
-  std::vector<int32_t> inputs(size_t(A) * N), targets(size_t(A) * N);
   auto save = [&]() {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
-    if (gpu) gpu->copy_to(model, m, v);
+    backend->save_state(model, m, v);
     write_checkpoint(r.run.out_dir, model, m, v, st, r);
     prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
     sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
   };
   auto run_eval = [&]() {
     KD_RANGE_P("eval", Phase::Eval, st.step);
-    EvalStats e = gpu ? evaluate_gpu(*gpu, false, s.val_tokens, B, T, r.train.eval_batches,
-                                     float(r.loss.temperature))
-                      : evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches,
+    const EvalStats e = evaluate(*backend, false, s.val_tokens, B, T, r.train.eval_batches,
                                  float(r.loss.temperature));
     sum.final_val_loss = e.student_ce;
     if (!std::isfinite(st.best_val_loss) || e.student_ce < st.best_val_loss)
@@ -619,13 +563,14 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
       j["teacher_val_loss"] = sum.teacher_val_loss;
       j["val_kl"] = e.kl;
     }
-    emit(j);
+    log.emit(j);
     out << "eval step " << st.step << ": val loss " << std::fixed << std::setprecision(4)
         << e.student_ce;
     if (s.teacher) out << ", KL(teacher||student) " << e.kl;
     out << std::defaultfloat << "\n";
   };
 
+  std::vector<int32_t> inputs(step_tokens), targets(step_tokens);
   const auto loop_start = Clock::now();
   const int64_t first_step = st.step;
   int64_t window_tokens = 0;
@@ -635,69 +580,37 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     profiler::StepScope step_scope(st.step);
     {
       KD_RANGE_P("data", Phase::Data, st.step);
-      for (int a = 0; a < A; ++a) sampler.next(B, T, inputs.data() + a * N, targets.data() + a * N);
+      for (int a = 0; a < shape.grad_accum; ++a)
+        sampler.next(B, T, inputs.data() + a * size_t(B) * T, targets.data() + a * size_t(B) * T);
     }
-    int64_t rows = 0;
-    for (int32_t t : targets) rows += t >= 0;
     const double lr = learning_rate(r, st.step);
-    LossSums ls;
-    double loss = 0, norm = 0;
-    if (gpu) {
-      // The whole step on the device, one synchronisation at its end.
-      CudaStepResult res = gpu->step(inputs.data(), targets.data(), float(lr),
-                                     float(r.optim.grad_clip), int(st.step + 1));
-      ls = res.sums;
-      loss = res.loss;
-      norm = res.grad_norm;
-      if (!res.finite) throw_non_finite(r, st.step, loss);  // the device state is not saved
-    } else {
-      cpu_step(model, s, inputs, targets, tlog, A, B, T, V, Vt, rows, ls);
-      loss = ls.loss / double(std::max<int64_t>(1, rows));
-      norm = cpu::global_norm(model.grads.data(), model.grads.size());
-      if (!std::isfinite(loss) || !std::isfinite(norm)) throw_non_finite(r, st.step, loss);
-      KD_RANGE_P("optimizer", Phase::Optimizer, st.step);
-      const float clip = float(r.optim.grad_clip);
-      const float scale = (clip > 0 && norm > clip) ? float(clip / norm) : 1.0f;
-      opt.lr = float(lr);
-      cpu::adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), spans, opt,
-                        int(st.step + 1), scale);
-    }
+    const StepResult res = backend->step(inputs.data(), targets.data(), float(lr),
+                                         float(r.optim.grad_clip), int(st.step + 1));
+    if (!res.finite) throw_non_finite(r, st.step, res.loss);  // nothing of this step is saved
     st.step += 1;
-    st.tokens_seen += int64_t(A) * int64_t(N);
-    window_tokens += int64_t(A) * int64_t(N);
-    const double step_ms =
-        std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
+    st.tokens_seen += int64_t(step_tokens);
+    window_tokens += int64_t(step_tokens);
 
     if (st.step % r.log.every == 0 || st.step == r.train.max_steps) {
+      const double step_ms =
+          std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
       const double wsec = std::chrono::duration<double>(Clock::now() - window_start).count();
       const double tps = window_tokens / std::max(wsec, 1e-9);
       window_tokens = 0;
       window_start = Clock::now();
       const double elapsed = std::chrono::duration<double>(Clock::now() - loop_start).count();
-      const double per_step = elapsed / double(st.step - first_step);
-      const double eta = per_step * double(r.train.max_steps - st.step);
-      const double R = double(std::max<int64_t>(1, ls.rows));
-      Json j = Json::object();
-      j["step"] = st.step;
-      j["loss"] = loss;
-      j["ce"] = ls.ce / R;
-      j["kd"] = ls.kd / R;
-      j["kl"] = ls.kl / R;
-      j["teacher_entropy"] = ls.teacher_entropy / R;
-      j["student_entropy"] = ls.student_entropy / R;
-      j["lr"] = lr;
-      j["grad_norm"] = norm;
-      j["tokens_per_s"] = tps;
-      j["step_time_ms"] = step_ms;
-      j["peak_mem_bytes"] = double(profiler::memory_stats().total_peak);
-      emit(j);
+      const double eta =
+          elapsed / double(st.step - first_step) * double(r.train.max_steps - st.step);
+      log.emit(step_record(st.step, res, lr, tps, step_ms));
+      const double R = double(std::max<int64_t>(1, res.sums.rows));
       char line[320];
       std::snprintf(
           line, sizeof line,
           "step %lld/%d | loss %.4f | ce %.4f | kd %.4f | lr %.2e | norm %.3f | %.0f tok/s "
           "| %s elapsed | ETA %s",
-          static_cast<long long>(st.step), r.train.max_steps, loss, ls.ce / R, ls.kd / R, lr, norm,
-          tps, fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
+          static_cast<long long>(st.step), r.train.max_steps, res.loss, res.sums.ce / R,
+          res.sums.kd / R, lr, res.grad_norm, tps, fmt_duration(elapsed).c_str(),
+          fmt_duration(eta).c_str());
       out << line << "\n" << std::flush;
     }
     const bool last = st.step == r.train.max_steps;
@@ -710,63 +623,44 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
       break;
     }
   }
-  if (st.step == first_step && sum.last_checkpoint.empty()) {
-    // Resumed at (or past) max_steps: nothing to do.
+  if (st.step == first_step && sum.last_checkpoint.empty())
     out << "nothing to do: step " << st.step << " >= max_steps " << r.train.max_steps << "\n";
-  }
   profiler::finish();
   sum.steps_done = st.step;
   sum.tokens_seen = st.tokens_seen;
   sum.best_val_loss = st.best_val_loss;
   sum.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-  Json summary = Json::object();
-  summary["steps"] = st.step;
-  summary["parameters"] = int64_t(sc.num_parameters());
-  summary["final_val_loss"] = sum.final_val_loss;
-  summary["best_val_loss"] = sum.best_val_loss;
-  summary["teacher_val_loss"] = sum.teacher_val_loss;
-  summary["tokens_seen"] = st.tokens_seen;
-  summary["wall_seconds"] = sum.wall_seconds;
-  summary["interrupted"] = sum.interrupted;
-  write_file_synced((fs::path(r.run.out_dir) / "summary.json").string(), summary.dump(2) + "\n");
+  write_summary(r, sum, model.config().num_parameters());
   out << "done: " << st.step << " steps, best val loss " << std::fixed << std::setprecision(4)
       << sum.best_val_loss << ", " << st.tokens_seen << " tokens seen, wall time "
       << fmt_duration(sum.wall_seconds) << std::defaultfloat << "\n";
   return sum;
 }
-
 void print_check(const Recipe& r, std::ostream& out) {
   out << "# resolved recipe\n" << recipe_to_toml(r) << "\n";
   Setup s = prepare(r, out, false);
   const GPT2Config& sc = s.student->config();
-  const int B = r.train.micro_batch, T = r.train.seq_len > 0 ? r.train.seq_len : sc.block_size;
-  const size_t P = sc.num_parameters();
+  const StepShape shape = step_shape(r, sc);
+  out << "student parameters: " << sc.num_parameters() << "\n";
+  if (s.teacher) out << "teacher parameters: " << s.teacher->config().num_parameters() << "\n";
+  const MemoryPlan p = cpu_memory_plan(sc, s.teacher ? &s.teacher->config() : nullptr, shape);
   auto mib = [](double b) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%10.2f MiB", b / (1024.0 * 1024.0));
     return std::string(buf);
   };
-  out << "student parameters: " << P << "\n";
-  size_t tp = 0, tscratch = 0, tlogits = 0;
-  if (s.teacher) {
-    const GPT2Config& tc = s.teacher->config();
-    tp = tc.num_parameters();
-    tscratch = GPT2::inference_scratch_bytes(tc, B, T);
-    tlogits = size_t(B) * T * tc.vocab_size * sizeof(float);
-    out << "teacher parameters: " << tp << "\n";
-  }
-  const double act = double(GPT2::activation_bytes(sc, B, T));
-  out << "memory plan (CPU, fp32):\n";
-  out << "  weights            " << mib(P * 4.0) << "\n";
-  out << "  gradients          " << mib(P * 4.0) << "\n";
-  out << "  optimizer moments  " << mib(P * 8.0) << "\n";
-  out << "  activations        " << mib(act) << "  (micro_batch " << B << " x seq_len " << T
-      << ")\n";
-  out << "  teacher weights    " << mib(tp * 4.0) << "\n";
-  out << "  teacher scratch    " << mib(double(tscratch)) << "\n";
-  out << "  loss workspace     " << mib(double(tlogits))
+  out << "memory plan (" << p.device << "):\n";
+  out << "  weights            " << mib(p.weights) << "\n";
+  out << "  gradients          " << mib(p.gradients) << "\n";
+  out << "  optimizer moments  " << mib(p.moments) << "\n";
+  out << "  activations        " << mib(p.activations) << "  (micro_batch " << shape.B
+      << " x seq_len " << shape.T << ")\n";
+  out << "  teacher weights    " << mib(p.teacher_weights) << "\n";
+  out << "  teacher scratch    " << mib(p.teacher_scratch) << "\n";
+  out << "  loss workspace     " << mib(p.loss_workspace)
       << "  (teacher logits of one micro-batch)\n";
-  out << "  total              " << mib(P * 16.0 + act + tp * 4.0 + tscratch + tlogits) << "\n";
+  out << "  other              " << mib(p.other) << "  (the step's tokens and targets)\n";
+  out << "  total              " << mib(p.total()) << "\n";
 }
 
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
@@ -789,7 +683,10 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
   if (tokens.size() < size_t(T) + 1) T = int(tokens.size()) - 1;
   if (T < 1) throw InputError(data + ": too few tokens to evaluate");
   batches = std::max(1, std::min<int>(batches, int(tokens.size() / (size_t(B) * T + 1)) + 1));
-  EvalStats e = evaluate(student, teacher.get(), tokens, B, T, batches, 1.0f);
+  std::ostringstream quiet;
+  std::unique_ptr<Backend> backend = make_backend(DeviceChoice::Cpu, student, teacher.get(),
+                                                  LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
+  EvalStats e = evaluate(*backend, false, tokens, B, T, batches, 1.0f);
   EvalResult res;
   res.loss = e.student_ce;
   res.perplexity = std::exp(e.student_ce);
@@ -797,7 +694,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
   out << std::fixed << std::setprecision(4) << "loss " << res.loss << "\nperplexity "
       << res.perplexity << "\n";
   if (teacher) {
-    EvalStats te = evaluate(student, teacher.get(), tokens, B, T, batches, 1.0f, false);
+    EvalStats te = evaluate(*backend, true, tokens, B, T, batches, 1.0f);
     res.teacher_loss = te.teacher_ce;
     res.kl = e.kl;
     out << "teacher loss " << res.teacher_loss << "\nKL(teacher||student) " << res.kl << "\n";

@@ -1,69 +1,11 @@
-// The GPU training step (see engine/train/cuda_step.h for the data flow). Without the CUDA backend every
-// entry point throws a clear error instead.
-#include "engine/train/cuda_step.h"
+// The CUDA backend (see engine/train/cuda_backend.h for the data flow). Built only with the CUDA
+// backend; without it this file compiles to nothing and make_backend never offers "cuda".
+#include "engine/train/cuda_backend.h"
 
 #include <stdexcept>
 #include <string>
 
-#ifndef KD_WITH_CUDA
-
-namespace kd {
-
-namespace {
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error(
-      "the CUDA training step is not available: this build has no CUDA backend (configure with "
-      "KD_CUDA=ON on a machine with nvcc)");
-}
-}  // namespace
-
-struct CudaTrainer::Impl {};
-
-CudaTrainer::CudaTrainer(const GPT2&, const GPT2*, const LossConfig&, const AdamWConfig&,
-                         int, int, int, bool, uint64_t) {
-  no_cuda();
-}
-CudaTrainer::~CudaTrainer() = default;
-CudaStepResult CudaTrainer::step(const int32_t*, const int32_t*, float, float, int) {
-  no_cuda();
-}
-CudaStepResult CudaTrainer::accumulate(const int32_t*, const int32_t*) {
-  no_cuda();
-}
-LossSums CudaTrainer::eval_loss(const int32_t*, const int32_t*, int, int, float) {
-  no_cuda();
-}
-LossSums CudaTrainer::eval_teacher_loss(const int32_t*, const int32_t*, int, int) {
-  no_cuda();
-}
-void CudaTrainer::copy_to(GPT2&, std::vector<float>&, std::vector<float>&) const {
-  no_cuda();
-}
-void CudaTrainer::copy_from(const GPT2&, const std::vector<float>&, const std::vector<float>&) {
-  no_cuda();
-}
-std::vector<float> CudaTrainer::gradients() const {
-  no_cuda();
-}
-std::vector<float> CudaTrainer::master_weights() const {
-  no_cuda();
-}
-std::vector<float> CudaTrainer::student_logits(const int32_t*, int, int) {
-  no_cuda();
-}
-size_t CudaTrainer::device_bytes() const {
-  no_cuda();
-}
-int64_t CudaTrainer::report_memory() const {
-  no_cuda();
-}
-profiler::Clock* CudaTrainer::profiler_clock() {
-  no_cuda();
-}
-
-}  // namespace kd
-
-#else  // KD_WITH_CUDA
+#ifdef KD_WITH_CUDA
 
 #include <cuda_runtime_api.h>
 
@@ -180,11 +122,11 @@ struct StepReadback {
 
 }  // namespace
 
-struct CudaTrainer::Impl {
+struct CudaBackend::Impl {
   Impl(const GPT2& student_cpu, const GPT2* teacher_cpu, const LossConfig& loss_cfg,
        const AdamWConfig& adamw_cfg, int B_, int T_, int A_, bool stochastic, uint64_t seed)
       : B(B_), T(T_), A(A_), N(static_cast<size_t>(B_) * T_), loss(loss_cfg), adamw(adamw_cfg) {
-    if (A < 1) throw std::invalid_argument("CudaTrainer: grad_accum must be >= 1");
+    if (A < 1) throw std::invalid_argument("CudaBackend: grad_accum must be >= 1");
     rounding.stochastic = stochastic;
     rounding.seed = seed;
     // The kernels take their small scratch from the stream-ordered allocator; keep what it frees in
@@ -202,10 +144,10 @@ struct CudaTrainer::Impl {
     if (teacher_cpu != nullptr) {
       Vt = teacher_cpu->config().vocab_size;
       if (Vt < V)
-        throw std::invalid_argument("CudaTrainer: the teacher's vocabulary (" + std::to_string(Vt) +
+        throw std::invalid_argument("CudaBackend: the teacher's vocabulary (" + std::to_string(Vt) +
                                     ") is smaller than the student's (" + std::to_string(V) + ")");
       if (T > teacher_cpu->config().block_size)
-        throw std::invalid_argument("CudaTrainer: T exceeds the teacher's block_size");
+        throw std::invalid_argument("CudaBackend: T exceeds the teacher's block_size");
     } else {
       Vt = V;
       loss.kd_weight = 0.0f;
@@ -234,7 +176,7 @@ struct CudaTrainer::Impl {
           "spans upload");
     pinned_tokens = std::make_unique<PinnedBlock>(2 * tok_bytes);
     pinned_readback = std::make_unique<PinnedBlock>(sizeof(StepReadback));
-    check(cudaStreamSynchronize(stream), "CudaTrainer setup");
+    check(cudaStreamSynchronize(stream), "CudaBackend setup");
   }
 
   ~Impl() { cudaStreamSynchronize(stream); }
@@ -254,10 +196,10 @@ struct CudaTrainer::Impl {
     int64_t rows = 0;
     for (size_t i = 0; i < n; ++i) {
       if (inputs[i] < 0 || inputs[i] >= V)
-        throw std::invalid_argument("CudaTrainer: token id " + std::to_string(inputs[i]) +
+        throw std::invalid_argument("CudaBackend: token id " + std::to_string(inputs[i]) +
                                     " outside the vocabulary of " + std::to_string(V));
       if (targets[i] >= V)
-        throw std::invalid_argument("CudaTrainer: target id " + std::to_string(targets[i]) +
+        throw std::invalid_argument("CudaBackend: target id " + std::to_string(targets[i]) +
                                     " outside the vocabulary of " + std::to_string(V));
       rows += targets[i] >= 0;
     }
@@ -304,12 +246,12 @@ struct CudaTrainer::Impl {
   }
 
   // The step's only synchronisation: sums, norm and scale to the host.
-  CudaStepResult finish() {
+  StepResult finish() {
     check(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
                           cudaMemcpyDeviceToHost, stream),
           "readback");
     check(cudaStreamSynchronize(stream), "step");
-    CudaStepResult r;
+    StepResult r;
     r.sums = readback_host()->sums;
     r.grad_norm = readback_host()->norm;
     r.loss = r.sums.loss / static_cast<double>(std::max<int64_t>(1, r.sums.rows));
@@ -318,27 +260,22 @@ struct CudaTrainer::Impl {
   }
 
   LossSums eval(const int32_t* inputs, const int32_t* targets, int b, int t, float temperature,
-                     bool teacher_only) {
+                bool teacher_only) {
     if (b < 1 || t < 1 || b > B || t > T)
-      throw std::invalid_argument("CudaTrainer::eval_loss: (B, T) beyond the planned sizes");
+      throw std::invalid_argument("CudaBackend::eval_loss: (B, T) beyond the planned sizes");
     if (teacher_only && !teacher)
-      throw std::logic_error("CudaTrainer::eval_teacher_loss: no teacher");
+      throw std::logic_error("CudaBackend::eval_teacher_loss: no teacher");
     const size_t n = static_cast<size_t>(b) * t;
     stage(inputs, targets, n);
     check(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream), "sums reset");
     LossConfig ce;  // ce_weight 1, kd_weight 0: CE, and with a teacher the KL sum
-    if (teacher) {
-      KD_RANGE_P("teacher_forward", Phase::TeacherForward, 0);
-      teacher->forward_inference(tlogits, tokens_dev, b, t);
-    }
+    // No phase ranges inside an evaluation (as on the CPU): the caller's "eval" range holds it.
+    if (teacher) teacher->forward_inference(tlogits, tokens_dev, b, t);
     if (teacher_only) {
       cuda::kd_loss(nullptr, &readback_dev->sums, tlogits, nullptr, Vt, targets_dev,
                     static_cast<int>(n), Vt, ce, 1.0f, stream);
     } else {
-      {
-        KD_RANGE_P("student_forward", Phase::StudentForward, 0);
-        student->forward_inference(student->logits(), tokens_dev, b, t);
-      }
+      student->forward_inference(student->logits(), tokens_dev, b, t);
       ce.temperature = temperature;
       cuda::kd_loss(nullptr, &readback_dev->sums, student->logits(), teacher ? tlogits : nullptr,
                     Vt, targets_dev, static_cast<int>(n), V, ce, 1.0f, stream);
@@ -365,18 +302,18 @@ struct CudaTrainer::Impl {
   std::unique_ptr<EventClock> clock;  // the profiler's, created on request
 };
 
-CudaTrainer::CudaTrainer(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
+CudaBackend::CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
                          const AdamWConfig& adamw, int B, int T, int grad_accum,
                          bool stochastic_rounding, uint64_t seed)
     : impl_(std::make_unique<Impl>(student, teacher, loss, adamw, B, T, grad_accum,
                                    stochastic_rounding, seed)) {}
 
-CudaTrainer::~CudaTrainer() = default;
+CudaBackend::~CudaBackend() = default;
 
-CudaStepResult CudaTrainer::step(const int32_t* inputs, const int32_t* targets, float lr,
-                                 float grad_clip, int t) {
+StepResult CudaBackend::step(const int32_t* inputs, const int32_t* targets, float lr,
+                             float grad_clip, int t) {
   Impl& im = *impl_;
-  if (t < 1) throw std::invalid_argument("CudaTrainer::step: t is 1-based");
+  if (t < 1) throw std::invalid_argument("CudaBackend::step: t is 1-based");
   im.forward_backward(inputs, targets, grad_clip);
   {
     KD_RANGE_P("optimizer", Phase::Optimizer, t);
@@ -391,44 +328,43 @@ CudaStepResult CudaTrainer::step(const int32_t* inputs, const int32_t* targets, 
   return im.finish();
 }
 
-CudaStepResult CudaTrainer::accumulate(const int32_t* inputs, const int32_t* targets) {
+StepResult CudaBackend::accumulate(const int32_t* inputs, const int32_t* targets) {
   impl_->forward_backward(inputs, targets, 0.0f);
   return impl_->finish();
 }
 
-LossSums CudaTrainer::eval_loss(const int32_t* inputs, const int32_t* targets, int B, int T,
-                                     float temperature) {
+LossSums CudaBackend::eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,
+                                   float temperature) {
   return impl_->eval(inputs, targets, B, T, temperature, false);
 }
 
-LossSums CudaTrainer::eval_teacher_loss(const int32_t* inputs, const int32_t* targets, int B,
-                                             int T) {
+LossSums CudaBackend::eval_teacher(const int32_t* inputs, const int32_t* targets, int B, int T) {
   return impl_->eval(inputs, targets, B, T, 1.0f, true);
 }
 
-void CudaTrainer::copy_to(GPT2& cpu_model, std::vector<float>& m, std::vector<float>& v) const {
+void CudaBackend::save_state(GPT2& cpu_model, std::vector<float>& m, std::vector<float>& v) {
   impl_->student->copy_params_to(cpu_model);
   impl_->student->download_moments(m, v);
 }
 
-void CudaTrainer::copy_from(const GPT2& cpu_model, const std::vector<float>& m,
-                            const std::vector<float>& v) {
+void CudaBackend::load_state(const GPT2& cpu_model, const std::vector<float>& m,
+                             const std::vector<float>& v) {
   impl_->student->copy_params_from(cpu_model);
   impl_->student->upload_moments(m, v);
 }
 
-std::vector<float> CudaTrainer::gradients() const {
+std::vector<float> CudaBackend::gradients() const {
   return impl_->student->download_grads();
 }
 
-std::vector<float> CudaTrainer::master_weights() const {
+std::vector<float> CudaBackend::master_weights() const {
   return impl_->student->download_master();
 }
 
-std::vector<float> CudaTrainer::student_logits(const int32_t* tokens, int B, int T) {
+std::vector<float> CudaBackend::student_logits(const int32_t* tokens, int B, int T) {
   Impl& im = *impl_;
   if (B < 1 || T < 1 || B > im.B || T > im.T)
-    throw std::invalid_argument("CudaTrainer::student_logits: (B, T) beyond the planned sizes");
+    throw std::invalid_argument("CudaBackend::student_logits: (B, T) beyond the planned sizes");
   const size_t n = static_cast<size_t>(B) * T;
   std::vector<int32_t> no_targets(n, -1);
   im.stage(tokens, no_targets.data(), n);
@@ -436,51 +372,69 @@ std::vector<float> CudaTrainer::student_logits(const int32_t* tokens, int B, int
   return im.student->download_logits(B, T);
 }
 
-size_t CudaTrainer::device_bytes() const {
+size_t CudaBackend::device_bytes() const {
   const Impl& im = *impl_;
   size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes();
   if (im.teacher) b += im.teacher->memory().total();
   return b;
 }
 
-profiler::Clock* CudaTrainer::profiler_clock() {
+profiler::Clock* CudaBackend::profiler_clock() {
   Impl& im = *impl_;
   if (!im.clock) im.clock = std::make_unique<EventClock>(im.stream);
   return im.clock.get();
 }
 
-int64_t CudaTrainer::report_memory() const {
+MemoryPlan CudaBackend::memory_plan() const {
   const Impl& im = *impl_;
   const GPT2CudaMemory& s = im.student->memory();
-  profiler::memory_set(Mem::Weights, s.weights);
-  profiler::memory_set(Mem::MasterWeights, s.master_weights);
-  profiler::memory_set(Mem::Gradients, s.gradients);
-  profiler::memory_set(Mem::OptimizerMoments, s.moments);
-  profiler::memory_set(Mem::Activations, s.activations);
-  profiler::memory_set(Mem::TeacherWeights, im.teacher ? im.teacher->memory().weights : 0);
-  profiler::memory_set(Mem::TeacherScratch, im.teacher ? im.teacher->memory().scratch : 0);
-  profiler::memory_set(Mem::LossWorkspace, im.loss_block.bytes());
-  profiler::memory_set(Mem::Other, im.other_block.bytes());
+  MemoryPlan p;
+  p.device = "cuda (bf16 weights and activations, fp32 master, gradients and moments)";
+  p.weights = s.weights;
+  p.master_weights = s.master_weights;
+  p.gradients = s.gradients;
+  p.moments = s.moments;
+  p.activations = s.activations;
+  p.teacher_weights = im.teacher ? im.teacher->memory().weights : 0;
+  p.teacher_scratch = im.teacher ? im.teacher->memory().scratch : 0;
+  p.loss_workspace = im.loss_block.bytes();
+  p.other = im.other_block.bytes();
+  return p;
+}
+
+int64_t CudaBackend::largest_micro_batch(std::string* note) const {
+  const Impl& im = *impl_;
+  const MemoryPlan p = memory_plan();
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
-  profiler::set_device_memory(free_b, total_b);
   // What grows with the micro-batch: activations (student), scratch (teacher) and the teacher's
   // logits, all linear in B. Keep 1 GiB (or 5%) back for cuBLASLt's workspace, the kernels'
   // stream-ordered scratch and fragmentation.
-  const size_t per_batch =
-      s.activations + (im.teacher ? im.teacher->memory().scratch : 0) + im.loss_block.bytes();
+  const size_t per_batch = p.activations + p.teacher_scratch + p.loss_workspace;
   const double per_seq = static_cast<double>(per_batch) / im.B;
   const double reserve = std::max(double(size_t{1} << 30), 0.05 * double(total_b));
   const double spare = std::max(0.0, double(free_b) - reserve);
   const int64_t max_b = im.B + static_cast<int64_t>(std::floor(spare / per_seq));
-  char note[256];
-  std::snprintf(note, sizeof note,
-                "micro_batch %d uses %.1f MiB of per-batch buffers (%.1f MiB per sequence at T = "
-                "%d); %.0f MiB free after allocation, %.0f MiB kept in reserve",
-                im.B, per_batch / 1048576.0, per_seq / 1048576.0, im.T, free_b / 1048576.0,
-                reserve / 1048576.0);
-  profiler::set_fit_estimate(max_b, note);
+  if (note != nullptr) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "micro_batch %d uses %.1f MiB of per-batch buffers (%.1f MiB per sequence at T = "
+                  "%d); %.0f MiB free after allocation, %.0f MiB kept in reserve",
+                  im.B, per_batch / 1048576.0, per_seq / 1048576.0, im.T, free_b / 1048576.0,
+                  reserve / 1048576.0);
+    *note = buf;
+  }
   return max_b;
+}
+
+void CudaBackend::report_memory() const {
+  Backend::report_memory();
+  size_t free_b = 0, total_b = 0;
+  check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  profiler::set_device_memory(free_b, total_b);
+  std::string note;
+  const int64_t max_b = largest_micro_batch(&note);
+  profiler::set_fit_estimate(max_b, note);
 }
 
 }  // namespace kd
