@@ -41,10 +41,10 @@ double learning_rate(const Recipe& r, int64_t step) {
   const double lr = r.optim.lr, min_lr = r.schedule.min_lr;
   const int64_t warm = r.schedule.warmup_steps, total = r.train.max_steps;
   if (step < warm) return lr * double(step + 1) / double(warm);
-  if (r.schedule.decay == "constant" || total <= warm) return lr;
+  if (r.schedule.decay == Decay::Constant || total <= warm) return lr;
   const double progress =
       std::min(1.0, double(step - warm) / double(std::max<int64_t>(1, total - warm)));
-  if (r.schedule.decay == "linear") return lr + (min_lr - lr) * progress;
+  if (r.schedule.decay == Decay::Linear) return lr + (min_lr - lr) * progress;
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));  // cosine
 }
 
@@ -84,15 +84,10 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-// The recipe says "bytes"; the tokenizer calls itself "byte".
-std::string tokenizer_kind(const std::string& recipe_kind) {
-  return recipe_kind == "bytes" ? "byte" : recipe_kind;
-}
-
 // The tokenizer a run uses, stored in every checkpoint so eval and sample can rebuild it.
 Json tokenizer_json(const Recipe& r) {
   Json j = Json::object();
-  j["kind"] = r.data.tokenizer;
+  j["kind"] = to_string(r.data.tokenizer);
   j["encoder"] = r.data.encoder;
   j["vocab_bpe"] = r.data.vocab_bpe;
   return j;
@@ -103,13 +98,15 @@ std::unique_ptr<Tokenizer> tokenizer_from_checkpoint(const std::string& dir, int
   if (fs::exists(p)) {
     try {
       Json j = Json::parse(read_text(p));
-      return make_tokenizer(tokenizer_kind(j.at("kind").as_string()), j.at("encoder").as_string(),
-                            j.at("vocab_bpe").as_string());
+      const std::string kind = j.at("kind").as_string();
+      const auto k = parse_choice<TokenizerKind>(kind);
+      if (!k) throw InputError(p.string() + ": unknown tokenizer kind '" + kind + "'");
+      return make_tokenizer(*k, j.at("encoder").as_string(), j.at("vocab_bpe").as_string());
     } catch (const JsonError& e) {
       throw InputError(p.string() + ": " + e.what());
     }
   }
-  if (vocab_size == 256) return make_tokenizer("byte", "", "");
+  if (vocab_size == 256) return make_tokenizer(TokenizerKind::Bytes, "", "");
   throw InputError(dir + ": no tokenizer.json, and a vocabulary of " + std::to_string(vocab_size) +
                    " is not the byte tokenizer's 256");
 }
@@ -240,12 +237,6 @@ struct Setup {
   cpu::LossConfig loss;
 };
 
-cpu::Divergence divergence_of(const std::string& s) {
-  if (s == "reverse_kl") return cpu::Divergence::ReverseKL;
-  if (s == "jsd") return cpu::Divergence::JSD;
-  return cpu::Divergence::ForwardKL;
-}
-
 GPT2Config student_config(const Recipe& r, int vocab) {
   GPT2Config c;
   c.n_layer = r.student.n_layer;
@@ -259,7 +250,7 @@ GPT2Config student_config(const Recipe& r, int vocab) {
 // Loads tokenizer, data, student and teacher, and checks what only the files can tell.
 Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   Setup s;
-  s.tok = make_tokenizer(tokenizer_kind(r.data.tokenizer), r.data.encoder, r.data.vocab_bpe);
+  s.tok = make_tokenizer(r.data.tokenizer, r.data.encoder, r.data.vocab_bpe);
   const int V = s.tok->vocab_size();
   if (!r.student.init.empty()) {
     s.student = std::make_unique<GPT2>(load_model(r.student.init));
@@ -294,13 +285,12 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   s.loss.ce_weight = static_cast<float>(r.loss.ce_weight);
   s.loss.kd_weight = r.has_teacher() ? static_cast<float>(r.loss.kd_weight) : 0.0f;
   s.loss.temperature = static_cast<float>(r.loss.temperature);
-  s.loss.divergence = divergence_of(r.loss.divergence);
+  s.loss.divergence = r.loss.divergence;
   s.loss.beta = static_cast<float>(r.loss.beta);
   s.loss.t2_scaling = r.loss.t2_scaling;
   if (!load_data) return s;
 
-  std::string cache =
-      r.data.cache_dir.empty() ? (fs::path(r.run.out_dir) / "cache").string() : r.data.cache_dir;
+  const std::string& cache = r.data.cache_dir;  // empty: no cache
   s.train_tokens = load_tokens(r.data.train, *s.tok, cache).tokens;
   if (r.data.val.empty()) {
     TokenSplit split = split_tokens(s.train_tokens, r.data.val_fraction);
@@ -446,9 +436,9 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
 
   // Device: "cuda" must be usable; "auto" falls back to the CPU with one notice line.
   const DeviceInfo& dev = probe_device();
-  if (r.run.device == "cuda" && !dev.cuda_usable)
+  if (r.run.device == Device::Cuda && !dev.cuda_usable)
     throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
-  bool use_cuda = r.run.device == "cuda" || (r.run.device == "auto" && dev.cuda_usable);
+  bool use_cuda = r.run.device == Device::Cuda || (r.run.device == Device::Auto && dev.cuda_usable);
 
   check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
@@ -514,7 +504,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   // On a GPU the student (and teacher) live on the device from here on; `model`, m and v are the
   // host copies that checkpoints read, refreshed by copy_to before each save.
   std::unique_ptr<CudaTrainer> gpu;
-  if (!use_cuda && r.run.device == "auto" && !dev.cuda_usable)
+  if (!use_cuda && r.run.device == Device::Auto && !dev.cuda_usable)
     out << "device: cpu (" << dev.reason << ")\n";
   if (use_cuda) {
     // What the CUDA kernels support, said in the recipe's terms before any device memory is used.
@@ -529,7 +519,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
                       ": the CUDA attention kernel supports head sizes 64 and 128";
     }
     if (!unsupported.empty()) {
-      if (r.run.device == "cuda")
+      if (r.run.device == Device::Cuda)
         throw InputError(unsupported + " (use the CPU, or change n_head)");
       use_cuda = false;
       out << "device: cpu (" << unsupported << ")\n";
