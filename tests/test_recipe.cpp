@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/recipe.h"
+#include "engine/base/error.h"
+#include "engine/io/recipe.h"
 
 namespace fs = std::filesystem;
 
@@ -172,7 +172,7 @@ TEST_F(RecipeTest, FullRecipeLoadsEveryValue) {
   EXPECT_EQ(r.loss.ce_weight, 0.25);
   EXPECT_EQ(r.loss.kd_weight, 0.75);
   EXPECT_EQ(r.loss.temperature, 4.0);
-  EXPECT_EQ(r.loss.divergence, kd::cpu::Divergence::JSD);
+  EXPECT_EQ(r.loss.divergence, kd::Divergence::JSD);
   EXPECT_EQ(r.loss.beta, 0.3);
   EXPECT_FALSE(r.loss.t2_scaling);
   EXPECT_EQ(r.train.micro_batch, 5);
@@ -217,7 +217,7 @@ TEST_F(RecipeTest, DefaultsWithoutTeacher) {
   EXPECT_EQ(r.loss.ce_weight, 1.0);
   EXPECT_EQ(r.loss.kd_weight, 0.0);
   EXPECT_EQ(r.loss.temperature, 2.0);
-  EXPECT_EQ(r.loss.divergence, kd::cpu::Divergence::ForwardKL);
+  EXPECT_EQ(r.loss.divergence, kd::Divergence::ForwardKL);
   EXPECT_EQ(r.loss.beta, 0.5);
   EXPECT_TRUE(r.loss.t2_scaling);
   EXPECT_EQ(r.train.micro_batch, 8);
@@ -373,8 +373,7 @@ TEST_F(RecipeTest, ChoicesAreEnumsWithOneSpelling) {
   check("schedule.decay", std::array{kd::Decay::Cosine, kd::Decay::Linear, kd::Decay::Constant},
         [](const kd::Recipe& r) { return r.schedule.decay; });
   check("loss.divergence",
-        std::array{kd::cpu::Divergence::ForwardKL, kd::cpu::Divergence::ReverseKL,
-                   kd::cpu::Divergence::JSD},
+        std::array{kd::Divergence::ForwardKL, kd::Divergence::ReverseKL, kd::Divergence::JSD},
         [](const kd::Recipe& r) { return r.loss.divergence; });
   check("data.tokenizer", std::array{kd::TokenizerKind::Bytes},
         [](const kd::Recipe& r) { return r.data.tokenizer; });
