@@ -144,6 +144,32 @@ TEST_F(TrainerTest, CheckpointsAreCompleteAndPruned) {
     EXPECT_NE(e.path().filename().string().rfind(".tmp", 0), 0u) << e.path();
 }
 
+// The token cache: by default one shard named after the tokenizer's kind under out_dir/cache;
+// cache_dir = "" writes none and trains on the same tokens. The checkpoint's tokenizer.json says
+// the same kind, and sampling rebuilds the tokenizer from it.
+TEST_F(TrainerTest, EmptyCacheDirTurnsTheCacheOff) {
+  std::ostringstream sink;
+  kd::train(kd::load_recipe(write_recipe("cached", student(), 4).string()), sink);
+  std::vector<std::string> cached;
+  for (const auto& e : fs::directory_iterator(dir_ / "cached" / "cache"))
+    cached.push_back(e.path().filename().string());
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].rfind("tokens-bytes-", 0), 0u) << cached[0];
+
+  kd::Recipe r =
+      kd::load_recipe(write_recipe("uncached", student(), 4).string(), {"data.cache_dir=\"\""});
+  ASSERT_EQ(r.data.cache_dir, "");
+  kd::train(r, sink);
+  EXPECT_FALSE(fs::exists(dir_ / "uncached" / "cache"));
+  EXPECT_EQ(loss_log(dir_ / "uncached"), loss_log(dir_ / "cached"));
+
+  const fs::path ckpt = dir_ / "uncached" / "final";
+  std::stringstream tok_json;
+  tok_json << std::ifstream(ckpt / "tokenizer.json").rdbuf();
+  EXPECT_EQ(kd::Json::parse(tok_json.str()).at("kind").as_string(), "bytes");
+  EXPECT_EQ(kd::sample_text(ckpt.string(), "the ", 4, 1.0, 5, 1).rfind("the ", 0), 0u);
+}
+
 TEST_F(TrainerTest, LearningRateSchedule) {
   kd::Recipe r = kd::load_recipe(write_recipe("lr", student(), 100).string());
   EXPECT_NEAR(kd::learning_rate(r, 0), 3e-3 / 3, 1e-12);

@@ -427,11 +427,10 @@ std::string Gpt2Tokenizer::decode(std::span<const int32_t> ids) const {
   return out;
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& kind, const std::string& encoder_json,
+std::unique_ptr<Tokenizer> make_tokenizer(TokenizerKind kind, const std::string& encoder_json,
                                           const std::string& vocab_bpe) {
-  if (kind == "byte") return std::make_unique<ByteTokenizer>();
-  if (kind == "gpt2") return std::make_unique<Gpt2Tokenizer>(encoder_json, vocab_bpe);
-  throw InputError("unknown tokenizer '" + kind + "': expected \"byte\" or \"gpt2\"");
+  if (kind == TokenizerKind::Gpt2) return std::make_unique<Gpt2Tokenizer>(encoder_json, vocab_bpe);
+  return std::make_unique<ByteTokenizer>();
 }
 
 }  // namespace kd

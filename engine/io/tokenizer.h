@@ -14,7 +14,17 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/base/choice.h"
+
 namespace kd {
+
+// The tokenizers a recipe or a checkpoint can name; spelled "bytes" and "gpt2" everywhere (recipes,
+// checkpoints' tokenizer.json, Tokenizer::name and so the token cache's file names).
+enum class TokenizerKind { Bytes, Gpt2 };
+template <>
+struct ChoiceNames<TokenizerKind> {
+  static constexpr std::array names{"bytes", "gpt2"};
+};
 
 class Tokenizer {
  public:
@@ -25,7 +35,7 @@ class Tokenizer {
   virtual int vocab_size() const = 0;
   // The end-of-text id placed between documents, or -1 when the tokenizer has none.
   virtual int eot() const = 0;
-  // "byte" or "gpt2".
+  // to_string of the kind for the built-in tokenizers: "bytes" or "gpt2".
   virtual std::string name() const = 0;
   // A 64-bit digest of everything that determines the encoding (the vocabulary files for gpt2), so
   // that caches of tokenized text can tell two vocabularies with the same name apart.
@@ -38,7 +48,7 @@ class ByteTokenizer final : public Tokenizer {
   std::string decode(std::span<const int32_t> ids) const override;
   int vocab_size() const override { return 256; }
   int eot() const override { return -1; }
-  std::string name() const override { return "byte"; }
+  std::string name() const override { return to_string(TokenizerKind::Bytes); }
   uint64_t fingerprint() const override { return 0x62797465ull; }
 };
 
@@ -53,7 +63,7 @@ class Gpt2Tokenizer final : public Tokenizer {
   std::string decode(std::span<const int32_t> ids) const override;
   int vocab_size() const override { return static_cast<int>(tokens_.size()); }
   int eot() const override { return eot_; }
-  std::string name() const override { return "gpt2"; }
+  std::string name() const override { return to_string(TokenizerKind::Gpt2); }
   uint64_t fingerprint() const override { return fingerprint_; }
 
   // The pre-tokenization step alone (GPT-2's regex, by hand): the pieces, in order, whose
@@ -74,9 +84,8 @@ class Gpt2Tokenizer final : public Tokenizer {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 
-// kind: "byte" (the files are ignored) or "gpt2". Throws InputError on an unknown kind or bad
-// files.
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& kind, const std::string& encoder_json,
+// The files are ignored for Bytes. Throws InputError on bad files.
+std::unique_ptr<Tokenizer> make_tokenizer(TokenizerKind kind, const std::string& encoder_json,
                                           const std::string& vocab_bpe);
 
 // 64-bit FNV-1a, used for fingerprints and cache keys.

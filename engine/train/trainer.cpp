@@ -39,10 +39,10 @@ double learning_rate(const Recipe& r, int64_t step) {
   const double lr = r.optim.lr, min_lr = r.schedule.min_lr;
   const int64_t warm = r.schedule.warmup_steps, total = r.train.max_steps;
   if (step < warm) return lr * double(step + 1) / double(warm);
-  if (r.schedule.decay == "constant" || total <= warm) return lr;
+  if (r.schedule.decay == Decay::Constant || total <= warm) return lr;
   const double progress =
       std::min(1.0, double(step - warm) / double(std::max<int64_t>(1, total - warm)));
-  if (r.schedule.decay == "linear") return lr + (min_lr - lr) * progress;
+  if (r.schedule.decay == Decay::Linear) return lr + (min_lr - lr) * progress;
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));  // cosine
 }
 
@@ -82,15 +82,10 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-// The recipe says "bytes"; the tokenizer calls itself "byte".
-std::string tokenizer_kind(const std::string& recipe_kind) {
-  return recipe_kind == "bytes" ? "byte" : recipe_kind;
-}
-
 // The tokenizer a run uses, stored in every checkpoint so eval and sample can rebuild it.
 Json tokenizer_json(const Recipe& r) {
   Json j = Json::object();
-  j["kind"] = r.data.tokenizer;
+  j["kind"] = to_string(r.data.tokenizer);
   j["encoder"] = r.data.encoder;
   j["vocab_bpe"] = r.data.vocab_bpe;
   return j;
@@ -101,13 +96,15 @@ std::unique_ptr<Tokenizer> tokenizer_from_checkpoint(const std::string& dir, int
   if (fs::exists(p)) {
     try {
       Json j = Json::parse(read_text(p));
-      return make_tokenizer(tokenizer_kind(j.at("kind").as_string()), j.at("encoder").as_string(),
-                            j.at("vocab_bpe").as_string());
+      const std::string kind = j.at("kind").as_string();
+      const auto k = parse_choice<TokenizerKind>(kind);
+      if (!k) throw InputError(p.string() + ": unknown tokenizer kind '" + kind + "'");
+      return make_tokenizer(*k, j.at("encoder").as_string(), j.at("vocab_bpe").as_string());
     } catch (const JsonError& e) {
       throw InputError(p.string() + ": " + e.what());
     }
   }
-  if (vocab_size == 256) return make_tokenizer("byte", "", "");
+  if (vocab_size == 256) return make_tokenizer(TokenizerKind::Bytes, "", "");
   throw InputError(dir + ": no tokenizer.json, and a vocabulary of " + std::to_string(vocab_size) +
                    " is not the byte tokenizer's 256");
 }
@@ -238,12 +235,6 @@ struct Setup {
   LossConfig loss;
 };
 
-Divergence divergence_of(const std::string& s) {
-  if (s == "reverse_kl") return Divergence::ReverseKL;
-  if (s == "jsd") return Divergence::JSD;
-  return Divergence::ForwardKL;
-}
-
 GPT2Config student_config(const Recipe& r, int vocab) {
   GPT2Config c;
   c.n_layer = r.student.n_layer;
@@ -257,7 +248,7 @@ GPT2Config student_config(const Recipe& r, int vocab) {
 // Loads tokenizer, data, student and teacher, and checks what only the files can tell.
 Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   Setup s;
-  s.tok = make_tokenizer(tokenizer_kind(r.data.tokenizer), r.data.encoder, r.data.vocab_bpe);
+  s.tok = make_tokenizer(r.data.tokenizer, r.data.encoder, r.data.vocab_bpe);
   const int V = s.tok->vocab_size();
   if (!r.student.init.empty()) {
     s.student = std::make_unique<GPT2>(load_model(r.student.init));
@@ -292,13 +283,12 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   s.loss.ce_weight = static_cast<float>(r.loss.ce_weight);
   s.loss.kd_weight = r.has_teacher() ? static_cast<float>(r.loss.kd_weight) : 0.0f;
   s.loss.temperature = static_cast<float>(r.loss.temperature);
-  s.loss.divergence = divergence_of(r.loss.divergence);
+  s.loss.divergence = r.loss.divergence;
   s.loss.beta = static_cast<float>(r.loss.beta);
   s.loss.t2_scaling = r.loss.t2_scaling;
   if (!load_data) return s;
 
-  std::string cache =
-      r.data.cache_dir.empty() ? (fs::path(r.run.out_dir) / "cache").string() : r.data.cache_dir;
+  const std::string& cache = r.data.cache_dir;  // empty: no cache
   s.train_tokens = load_tokens(r.data.train, *s.tok, cache).tokens;
   if (r.data.val.empty()) {
     TokenSplit split = split_tokens(s.train_tokens, r.data.val_fraction);
@@ -361,12 +351,6 @@ void check_out_dir_writable(const std::string& out_dir) {
       "step " + std::to_string(step + 1) + ": the loss is " +
       (std::isfinite(loss) ? "finite but the gradient norm is not" : std::to_string(loss)) +
       "; stopping. Last good checkpoint: " + (ck.empty() ? "none" : ck));
-}
-
-DeviceChoice device_choice(const Recipe& r) {
-  if (r.run.device == "cpu") return DeviceChoice::Cpu;
-  if (r.run.device == "cuda") return DeviceChoice::Cuda;
-  return DeviceChoice::Auto;
 }
 
 AdamWConfig adamw_config(const Recipe& r) {
@@ -518,7 +502,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   std::vector<float> m, v;  // the moments as checkpoints hold them
   State st = resume_or_start(r, model, m, v, sampler, out);
   std::unique_ptr<Backend> backend =
-      make_backend(device_choice(r), model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
+      make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
   backend->load_state(model, m, v);
   RunLog log(r);
 
@@ -684,7 +668,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
   if (T < 1) throw InputError(data + ": too few tokens to evaluate");
   batches = std::max(1, std::min<int>(batches, int(tokens.size() / (size_t(B) * T + 1)) + 1));
   std::ostringstream quiet;
-  std::unique_ptr<Backend> backend = make_backend(DeviceChoice::Cpu, student, teacher.get(),
+  std::unique_ptr<Backend> backend = make_backend(Device::Cpu, student, teacher.get(),
                                                   LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
   EvalStats e = evaluate(*backend, false, tokens, B, T, batches, 1.0f);
   EvalResult res;
