@@ -59,7 +59,7 @@ const std::vector<SectionSpec>& schema() {
         {"n_head", Kind::Int},
         {"n_embd", Kind::Int},
         {"block_size", Kind::Int}}},
-      {"teacher", {{"checkpoint", Kind::String}}},
+      {"teacher", {{"checkpoint", Kind::String}, {"tokenizer", Kind::String}}},
       {"loss",
        {{"ce_weight", Kind::Float},
         {"kd_weight", Kind::Float},
@@ -729,6 +729,7 @@ void read_teacher(Reader& rd, Recipe::Teacher& t) {
     rd.check_exists("teacher", "checkpoint", t.checkpoint, Reader::Want::Checkpoint);
   else if (!rd.has("teacher", "checkpoint"))
     rd.missing("teacher", "checkpoint");
+  rd.get_enum("teacher", "tokenizer", t.tokenizer, {"bytes", "gpt2"});
 }
 
 void read_loss(Reader& rd, Recipe::Loss& l) {
@@ -866,6 +867,7 @@ std::vector<Entry> flatten(const Recipe& r) {
     integer("student", "block_size", r.student.block_size);
   }
   if (r.has_teacher()) str("teacher", "checkpoint", r.teacher.checkpoint);
+  if (!r.teacher.tokenizer.empty()) str("teacher", "tokenizer", r.teacher.tokenizer);
   num("loss", "ce_weight", r.loss.ce_weight);
   num("loss", "kd_weight", r.loss.kd_weight);
   num("loss", "temperature", r.loss.temperature);
