@@ -73,8 +73,9 @@ std::unique_ptr<Tokenizer> read_hf_tokenizer_json(const fs::path& p, const Json&
     if (v && !v->is_null() && !(v->is_string() && v->as_string().empty()))
       throw InputError(where + "model." + k + " is " + v->dump() + refuse);
   }
-  if (const Json* v = model->find("byte_fallback"); v && v->is_bool() && v->as_bool())
-    throw InputError(where + "model.byte_fallback is true" + refuse);
+  for (const char* k : {"byte_fallback", "ignore_merges"})
+    if (const Json* v = model->find(k); v && v->is_bool() && v->as_bool())
+      throw InputError(where + "model." + k + " is true" + refuse);
   if (const Json* n = j.find("normalizer"); n && !n->is_null())
     throw InputError(where + "has a normalizer" + refuse);
   const Json* pre = j.find("pre_tokenizer");

@@ -606,4 +606,39 @@ TEST_F(CkptTokTest, CheckpointForHfAutoTokenizer) {
   EXPECT_GT(tricky.size(), 10u);
 }
 
+// Reads the checkpoint as transformers saved it (ctest hf_tokenizer_json_read, after
+// hf_tokenizer_python_check): HF's tokenizer.json is the only tokenizer file, and kdengine reads it
+// as the same GPT-2 BPE, encoding every text of the check to the same ids, and samples from it.
+TEST_F(CkptTokTest, ReadsTokenizerJsonSavedByHf) {
+  const char* saved = std::getenv("KD_HF_SAVED_DIR");
+  const char* expected = std::getenv("KD_HF_EXPECTED_IDS");
+  if (!saved || !expected || !fs::exists(fs::path(saved) / "tokenizer.json"))
+    GTEST_SKIP() << "needs the folder hf_tokenizer_python_check saves (transformers installed)";
+  if (!have_gpt2_files()) GTEST_SKIP() << "GPT-2 vocabulary files not found under " << kBpeDir;
+  const fs::path dir(saved);
+  ASSERT_FALSE(fs::exists(dir / "vocab.json"));  // so tokenizer.json is what gets read
+  ASSERT_FALSE(fs::exists(dir / "kdengine_tokenizer.json"));
+  std::ostringstream note;
+  kd::CheckpointTokenizer ct = kd::load_checkpoint_tokenizer(dir.string(), note);
+  ASSERT_TRUE(ct.tok);
+  EXPECT_EQ(ct.tok->name(), "gpt2");
+  EXPECT_NE(ct.source.find("tokenizer.json"), std::string::npos) << ct.source;
+  EXPECT_EQ(note.str(), "");
+  kd::Gpt2Tokenizer ref((kBpeDir / "encoder.json").string(), (kBpeDir / "vocab.bpe").string());
+  EXPECT_EQ(ct.tok->vocab_hash(), ref.vocab_hash());
+  EXPECT_EQ(ct.tok->eot(), 50256);
+  const kd::Json exp = kd::Json::parse(slurp(expected));
+  size_t n = 0;
+  for (const kd::Json& c : exp.at("cases").items()) {
+    std::vector<int32_t> ids;
+    for (const kd::Json& i : c.at("ids").items()) ids.push_back(int32_t(i.as_int()));
+    EXPECT_EQ(ct.tok->encode(c.at("text").as_string()), ids) << c.at("text").as_string();
+    ++n;
+  }
+  EXPECT_GT(n, 40u);
+  Result s = run("sample " + dir.string() + " --prompt \"ROMEO:\" --tokens 8");
+  EXPECT_EQ(s.status, 0) << s.output;
+  EXPECT_EQ(s.output.rfind("ROMEO:", 0), 0u) << s.output;
+}
+
 }  // namespace

@@ -32,11 +32,21 @@ set_tests_properties(hf_tokenizer_checkpoint PROPERTIES
 if(kd_python)
   add_test(NAME hf_tokenizer_python_check
            COMMAND ${kd_python} ${CMAKE_SOURCE_DIR}/tools/check_hf_tokenizer.py --skip-code 77
-                   ${kd_hf_tok_dir}/expected_ids.json)
+                   --save-hf ${kd_hf_tok_dir}/saved_by_hf ${kd_hf_tok_dir}/expected_ids.json)
   set_tests_properties(hf_tokenizer_python_check PROPERTIES
-    LABELS cpu SKIP_RETURN_CODE 77 FIXTURES_REQUIRED kd_hf_tok)
+    LABELS cpu SKIP_RETURN_CODE 77 FIXTURES_REQUIRED kd_hf_tok FIXTURES_SETUP kd_hf_saved)
 else()
   add_test(NAME hf_tokenizer_python_check
            COMMAND ${CMAKE_COMMAND} -E echo "KD_SKIP: no python found; set KD_PYTHON")
   set_tests_properties(hf_tokenizer_python_check PROPERTIES LABELS cpu SKIP_REGULAR_EXPRESSION "KD_SKIP:")
 endif()
+
+# The other direction: the same checkpoint saved by transformers (HF's own tokenizer.json, no
+# vocab.json / merges.txt) is read by kdengine as the same GPT-2 BPE and encodes the same ids.
+add_test(NAME hf_tokenizer_json_read
+         COMMAND test_checkpoint_tokenizer --gtest_filter=CkptTokTest.ReadsTokenizerJsonSavedByHf)
+set_tests_properties(hf_tokenizer_json_read PROPERTIES
+  LABELS cpu
+  ENVIRONMENT "KD_HF_SAVED_DIR=${kd_hf_tok_dir}/saved_by_hf;KD_HF_EXPECTED_IDS=${kd_hf_tok_dir}/expected_ids.json"
+  FIXTURES_REQUIRED kd_hf_saved
+  SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that HF transformers loads a kdengine checkpoint's tokenizer and encodes as kdengine does.
 
-    check_hf_tokenizer.py EXPECTED_IDS.json [--skip-code N]
+    check_hf_tokenizer.py EXPECTED_IDS.json [--skip-code N] [--save-hf DIR]
 
 EXPECTED_IDS.json (written by tests/test_checkpoint_tokenizer.cpp, ctest hf_tokenizer_checkpoint):
 {"checkpoint": DIR, "eot": 50256, "vocab_size": 50257, "cases": [{"text": ..., "ids": [...]}]},
@@ -9,7 +9,12 @@ the ids being kdengine's encoding of each text with the tokenizer read back from
 
 The check: transformers.AutoTokenizer.from_pretrained(DIR) loads, without network access, a GPT-2
 tokenizer with the same vocabulary size and end-of-text id, and encodes every text (no special
-tokens added) to exactly kdengine's ids. torch is not needed. Exit status: 0 match, 1 mismatch,
+tokens added) to exactly kdengine's ids. torch is not needed.
+
+With --save-hf DIR, when everything matched: the checkpoint as transformers saves it (config.json,
+model.safetensors, and the tokenizer from save_pretrained: HF's tokenizer.json and
+tokenizer_config.json), for the C++ test that reads HF's tokenizer.json (ctest
+hf_tokenizer_json_read). Exit status: 0 match, 1 mismatch,
 2 bad input; with --skip-code N, N when transformers or tokenizers is not installed or the
 expected file was not written.
 """
@@ -17,6 +22,7 @@ expected file was not written.
 import argparse
 import json
 import os
+import shutil
 import sys
 
 
@@ -24,7 +30,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("expected")
     ap.add_argument("--skip-code", type=int, default=None)
+    ap.add_argument("--save-hf", default=None)
     args = ap.parse_args()
+    if args.save_hf:
+        shutil.rmtree(args.save_hf, ignore_errors=True)
 
     def skip(why):
         print(f"SKIP: {why}")
@@ -76,6 +85,12 @@ def main():
         print(f"FAIL: {bad} problem(s)")
         return 1
     print(f"OK: {len(cases)} texts, {tokens} tokens, identical ids")
+    if args.save_hf:
+        os.makedirs(args.save_hf)
+        for f in ("config.json", "model.safetensors"):
+            shutil.copy(os.path.join(ckpt, f), args.save_hf)
+        tok.save_pretrained(args.save_hf)
+        print(f"saved by transformers: {sorted(os.listdir(args.save_hf))}")
     return 0
 
 
