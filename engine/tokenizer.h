@@ -34,7 +34,8 @@ class Tokenizer {
   // (gpt2) every merge in rank order. Unlike fingerprint() it does not depend on how the files
   // were formatted, so the same vocabulary read from encoder.json + vocab.bpe, from vocab.json +
   // merges.txt or from HF's tokenizer.json has the same hash. Teacher and student must agree on it.
-  virtual uint64_t vocab_hash() const = 0;
+  // The default (for tokenizers defined elsewhere, e.g. in tests) is the fingerprint.
+  virtual uint64_t vocab_hash() const { return fingerprint(); }
 };
 
 class ByteTokenizer final : public Tokenizer {

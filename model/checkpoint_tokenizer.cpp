@@ -357,6 +357,8 @@ void check_recipe_tokenizers(const Recipe& r, const Tokenizer& run_tok, std::ost
                      " carries " + describe_tokenizer(*t.tok) + " (" + t.source +
                      "); remove the key or correct it");
   check_same_tokenizer(*t.tok, teacher_name, run_tok, student_name);
+  note << "tokenizer: teacher and student both use " << describe_tokenizer(run_tok)
+       << " (the teacher's read from " << t.source << ")\n";
 }
 
 }  // namespace kd

@@ -393,6 +393,9 @@ TEST_F(CkptTokTest, PaddedTeacherWithTheSameTokenizerStillWorks) {
   Result t = run("train " + write("kd.toml", recipe("kd", true, teach)).string());
   ASSERT_EQ(t.status, 0) << t.output;
   EXPECT_NE(t.output.find("using its first 50257 logits"), std::string::npos) << t.output;
+  EXPECT_NE(t.output.find("teacher and student both use GPT-2 BPE (50257 tokens"),
+            std::string::npos)
+      << t.output;
   Result e =
       run("eval " + (dir_ / "kd" / "final").string() + " --data " + (dir_ / "corpus.txt").string() +
           " --teacher " + teacher.string() + " --batches 1");
