@@ -466,12 +466,18 @@ TEST_F(CkptTokTest, MovedCheckpointStillSamples) {
   Result e =
       run("eval " + moved.string() + " --data " + (dir_ / "corpus.txt").string() + " --batches 1");
   EXPECT_EQ(e.status, 0) << e.output;
-  // And as a [student] init of a new GPT-2 run.
-  Result i =
-      run("check " +
-          write("i.toml", recipe("i", true, "[student]\ninit = \"" + moved.string() + "\"\n"))
-              .string());
+  // Training goes on from the moved folder alone: [student] init is the folder, and the run's
+  // [data] encoder / vocab_bpe are its vocab.json / merges.txt (the same formats).
+  std::string r = recipe("i", true, "[student]\ninit = \"" + moved.string() + "\"\n", bpe);
+  for (const auto& [from, to] : {std::pair{bpe / "encoder.json", moved / "vocab.json"},
+                                 std::pair{bpe / "vocab.bpe", moved / "merges.txt"}}) {
+    const size_t at = r.find(from.string());
+    ASSERT_NE(at, std::string::npos);
+    r.replace(at, from.string().size(), to.string());
+  }
+  Result i = run("train " + write("i.toml", r).string());
   EXPECT_EQ(i.status, 0) << i.output;
+  EXPECT_TRUE(fs::exists(dir_ / "i" / "final" / "vocab.json"));
 }
 
 // A checkpoint of the layout before this one (tokenizer.json = {kind, encoder, vocab_bpe}) loads,
