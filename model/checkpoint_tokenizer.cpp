@@ -128,7 +128,9 @@ void note_old_layout(const std::string& dir, std::ostream& note) {
   static std::mutex mu;
   static std::set<std::string> seen;
   std::lock_guard<std::mutex> lock(mu);
-  if (!seen.insert(fs::weakly_canonical(dir).string()).second) return;
+  std::error_code ec;
+  const fs::path key = fs::weakly_canonical(dir, ec);
+  if (!seen.insert(ec ? dir : key.string()).second) return;
   note << "note: " << dir
        << " uses kdengine's old checkpoint layout (tokenizer.json holding the tokenizer's kind and "
           "the paths of its files); it loads, but is not self-contained. Checkpoints written now "
