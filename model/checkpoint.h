@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "engine/json.h"
+#include "engine/base/json.h"
 #include "model/gpt2.h"
 
 namespace kd {

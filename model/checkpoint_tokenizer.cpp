@@ -8,9 +8,9 @@
 #include <set>
 #include <sstream>
 
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/safetensors.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/safetensors.h"
 
 namespace fs = std::filesystem;
 

@@ -14,8 +14,8 @@
 #include <memory>
 #include <string>
 
-#include "engine/recipe.h"
-#include "engine/tokenizer.h"
+#include "engine/io/recipe.h"
+#include "engine/io/tokenizer.h"
 
 namespace kd {
 

@@ -10,12 +10,12 @@
 #include <sstream>
 #include <string>
 
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/recipe.h"
-#include "engine/rng.h"
-#include "engine/tokenizer.h"
-#include "engine/trainer.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/base/rng.h"
+#include "engine/io/recipe.h"
+#include "engine/io/tokenizer.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_tokenizer.h"
 
