@@ -75,6 +75,26 @@ void residual_backward(float* da, float* db, const float* dout, size_t n);
 void kd_loss(float* dlogits, LossSums* sums, const float* logits, const float* teacher, int Vt,
              const int32_t* targets, int N, int V, const LossConfig& cfg, float inv_norm);
 
+// ---- the LM head fused with the distillation loss, chunked over rows
+// ---------------------------------
+// h [N,C] the student's final-LayerNorm output, wte [V,C] its tied embedding; ht [N,Ct] the
+// teacher's final-LayerNorm output and wte_t [Vt,Ct] its embedding (Vt >= V: a padded vocabulary
+// is read on its first V columns), or ht = null for plain CE. For each chunk of chunk_rows rows
+// (0 = lm_head_kd_loss_auto_chunk): both chunks of logits, kd_loss on them (same cfg, inv_norm,
+// masks, LossSums added into), then dh += dlogits · wte and dwte += dlogits^T · h (backward ADDS;
+// each may be null, both null = evaluation). workspace holds lm_head_kd_loss_workspace_floats
+// floats, or is null (allocated per call). Same results as the unchunked head + kd_loss + matmul
+// backward to fp32 rounding, for any chunk size. Math: docs/ops/lm_head_kd_loss.md.
+void lm_head_kd_loss(float* dh, float* dwte, LossSums* sums, const float* h, const float* wte,
+                     const float* ht, const float* wte_t, int Ct, int Vt, const int32_t* targets,
+                     int N, int C, int V, const LossConfig& cfg, float inv_norm, int chunk_rows,
+                     float* workspace);
+// Rows per chunk when the caller asks for 0: the chunk's logits (V + Vt floats a row) within a
+// 128 MiB budget, at least 64 rows, at most N, spread evenly over the chunks.
+int lm_head_kd_loss_auto_chunk(int N, int V, int Vt);
+// Floats of workspace for chunk_rows rows (Vt = 0 without a teacher).
+size_t lm_head_kd_loss_workspace_floats(int chunk_rows, int V, int Vt);
+
 // ---- AdamW with global-norm clipping
 // ------------------------------------------------------------------
 // sqrt(sum grads^2) over n values, accumulated in double in a fixed order (deterministic).
