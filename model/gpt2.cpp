@@ -101,10 +101,14 @@ size_t GPT2::activation_bytes(const GPT2Config& cfg, int B, int T) {
   floats += L * (N * C + N * C + 2 * N);               // res2, ln2 + stats
   floats += L * (2 * N * 4 * C + 2 * N * C);           // fch, fch_gelu, fcproj, res3
   floats += N * C + 2 * N;                             // lnf + stats
-  floats += N * cfg.vocab_size;                        // logits
+  floats += logits_bytes(cfg, B, T) / sizeof(float);   // logits (forward(); not forward_hidden())
   // backward scratch: dresidual, dres2, dC, dlnf [N,C]; d4C x2 [N,4C]; dqkv [N,3C]
   floats += 4 * N * C + 8 * N * C + 3 * N * C;
   return floats * sizeof(float);
+}
+
+size_t GPT2::logits_bytes(const GPT2Config& cfg, int B, int T) {
+  return static_cast<size_t>(B) * T * cfg.vocab_size * sizeof(float);
 }
 
 size_t GPT2::inference_scratch_bytes(const GPT2Config& cfg, int B, int T) {
@@ -140,7 +144,8 @@ void GPT2::ensure_acts(int B, int T) {
   a.lnf.assign(N * C, 0);
   a.lnf_mean.assign(N, 0);
   a.lnf_rstd.assign(N, 0);
-  a.logits.assign(N * cfg_.vocab_size, 0);
+  a.logits.clear();  // allocated by forward() only: forward_hidden() never forms the logits
+  a.logits.shrink_to_fit();
 }
 
 namespace {
@@ -158,6 +163,15 @@ LayerParams layer_params(float* base, const std::vector<ParamInfo>& table, int l
 }  // namespace
 
 void GPT2::forward(const int32_t* tokens, int B, int T) {
+  forward_hidden(tokens, B, T);
+  const size_t N = static_cast<size_t>(B) * T;
+  const int V = cfg_.vocab_size;
+  if (acts_.logits.size() != N * V) acts_.logits.assign(N * V, 0.0f);
+  cpu::matmul_forward(acts_.logits.data(), acts_.lnf.data(), param("wte.weight"), nullptr, int(N),
+                      cfg_.n_embd, V, Layout::OutIn);
+}
+
+void GPT2::forward_hidden(const int32_t* tokens, int B, int T) {
   ensure_acts(B, T);
   const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
   const size_t NC = static_cast<size_t>(N) * C;
@@ -200,15 +214,24 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
   }
   cpu::layernorm_forward(a.lnf.data(), a.lnf_mean.data(), a.lnf_rstd.data(), residual,
                          param("ln_f.weight"), param("ln_f.bias"), N, C);
-  cpu::matmul_forward(a.logits.data(), a.lnf.data(), param("wte.weight"), nullptr, N, C, V,
-                      Layout::OutIn);
 }
 
 void GPT2::backward(const float* dlogits) {
+  if (B_ == 0) throw std::logic_error("GPT2::backward: call forward() first");
+  if (grads.size() != params.size())
+    throw std::logic_error("GPT2::backward: call enable_training() first");
+  const int N = B_ * T_, C = cfg_.n_embd, V = cfg_.vocab_size;
+  std::vector<float> dlnf(static_cast<size_t>(N) * C, 0.0f);
+  cpu::matmul_backward(dlnf.data(), grad("wte.weight"), nullptr, dlogits, acts_.lnf.data(),
+                       param("wte.weight"), N, C, V, Layout::OutIn);
+  backward_hidden(dlnf.data());
+}
+
+void GPT2::backward_hidden(const float* dhidden) {
   if (grads.size() != params.size())
     throw std::logic_error("GPT2::backward: call enable_training() first");
   if (B_ == 0) throw std::logic_error("GPT2::backward: call forward() first");
-  const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
+  const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head;
   const size_t NC = static_cast<size_t>(N) * C;
   Acts& a = acts_;
   float* P = params.data();
@@ -219,10 +242,8 @@ void GPT2::backward(const float* dlogits) {
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); };
 
   const float* last = cfg_.n_layer > 0 ? a.res3.data() + (cfg_.n_layer - 1) * NC : a.encoded.data();
-  cpu::matmul_backward(dlnf.data(), grad("wte.weight"), nullptr, dlogits, a.lnf.data(),
-                       param("wte.weight"), N, C, V, Layout::OutIn);
-  cpu::layernorm_backward(dresidual.data(), grad("ln_f.weight"), grad("ln_f.bias"), dlnf.data(),
-                          last, param("ln_f.weight"), a.lnf_mean.data(), a.lnf_rstd.data(), N, C);
+  cpu::layernorm_backward(dresidual.data(), grad("ln_f.weight"), grad("ln_f.bias"), dhidden, last,
+                          param("ln_f.weight"), a.lnf_mean.data(), a.lnf_rstd.data(), N, C);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     KD_RANGE_P("layer", Phase::Layer, l);
     LayerParams w = layer_params(P, table_, l);
@@ -274,6 +295,16 @@ void GPT2::backward(const float* dlogits) {
 void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) const {
   if (T < 1 || T > cfg_.block_size || B < 1)
     throw std::invalid_argument("GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
+  const size_t NC = static_cast<size_t>(B) * T * cfg_.n_embd;
+  std::vector<float> h(NC);
+  forward_inference_hidden(h.data(), tokens, B, T);
+  cpu::matmul_forward(out, h.data(), param("wte.weight"), nullptr, B * T, cfg_.n_embd,
+                      cfg_.vocab_size, Layout::OutIn);
+}
+
+void GPT2::forward_inference_hidden(float* out, const int32_t* tokens, int B, int T) const {
+  if (T < 1 || T > cfg_.block_size || B < 1)
+    throw std::invalid_argument("GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
   const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
   const size_t NC = static_cast<size_t>(N) * C;
   for (int i = 0; i < N; ++i)
@@ -298,9 +329,8 @@ void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) co
     cpu::matmul_forward(proj.data(), gelu.data(), w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
     cpu::residual_forward(x.data(), x2.data(), proj.data(), NC);
   }
-  cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), param("ln_f.weight"),
+  cpu::layernorm_forward(out, mean.data(), rstd.data(), x.data(), param("ln_f.weight"),
                          param("ln_f.bias"), N, C);
-  cpu::matmul_forward(out, ln.data(), param("wte.weight"), nullptr, N, C, V, Layout::OutIn);
 }
 
 }  // namespace kd

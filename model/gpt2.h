@@ -74,12 +74,24 @@ class GPT2 {
   // Backward from dlogits [B,T,V] (may be logits(), written in place by the loss). ADDS into grads.
   void backward(const float* dlogits);
 
+  // The same training forward stopped at the final LayerNorm: hidden() [B,T,C] is ln_f's output
+  // and no logits are formed (the LM head and the loss are then lm_head_kd_loss's, chunked).
+  // backward_hidden continues from d(ln_f output) [B,T,C]; the head's own gradient into wte.weight
+  // must already be in grads (lm_head_kd_loss adds it).
+  void forward_hidden(const int32_t* tokens, int B, int T);
+  const float* hidden() const { return acts_.lnf.data(); }
+  void backward_hidden(const float* dhidden);
+
   // Teacher forward: no activations kept for backward; scratch of about one layer. Writes logits
   // [B,T,V] into out.
   void forward_inference(float* out, const int32_t* tokens, int B, int T) const;
+  // Teacher forward stopped at the final LayerNorm: writes ln_f's output [B,T,C] into out.
+  void forward_inference_hidden(float* out, const int32_t* tokens, int B, int T) const;
 
   // Bytes of activations a training forward keeps at (B,T) (for memory plans).
   static size_t activation_bytes(const GPT2Config& cfg, int B, int T);
+  // Bytes of the [B,T,V] logits forward() keeps (included in activation_bytes).
+  static size_t logits_bytes(const GPT2Config& cfg, int B, int T);
   static size_t inference_scratch_bytes(const GPT2Config& cfg, int B, int T);
 
  private:

@@ -51,7 +51,8 @@ struct MemoryPlan {
   size_t activations = 0;  // the student's training activations and backward scratch
   size_t teacher_weights = 0;
   size_t teacher_scratch = 0;  // the teacher's forward scratch
-  size_t loss_workspace = 0;   // the teacher's logits of one micro-batch (and the loss sums)
+  size_t loss_workspace = 0;   // GPU: the teacher's logits of one micro-batch; CPU: one chunk of
+                               // both models' logits (lm_head_kd_loss) and d(ln_f output)
   size_t other = 0;            // token buffers and the like
   size_t total() const {
     return weights + master_weights + gradients + moments + activations + teacher_weights +
@@ -64,6 +65,7 @@ struct StepShape {
   int B = 1;           // sequences per micro-batch
   int T = 1;           // tokens per sequence
   int grad_accum = 1;  // micro-batches per optimizer step
+  int loss_chunk = 0;  // rows per chunk of the CPU's fused LM head + loss; 0: automatic
 };
 
 class Backend {

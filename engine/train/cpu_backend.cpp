@@ -12,6 +12,18 @@
 
 namespace kd {
 
+namespace {
+
+// Rows per chunk of lm_head_kd_loss for a step of this shape (the recipe's loss_chunk, or the op's
+// automatic size), never more than the step's rows.
+int loss_chunk_rows(const StepShape& shape, int V, int Vt) {
+  const int N = shape.B * shape.T;
+  return shape.loss_chunk > 0 ? std::min(shape.loss_chunk, N)
+                              : cpu::lm_head_kd_loss_auto_chunk(N, V, Vt);
+}
+
+}  // namespace
+
 MemoryPlan cpu_memory_plan(const GPT2Config& student, const GPT2Config* teacher,
                            const StepShape& shape) {
   MemoryPlan p;
@@ -20,11 +32,22 @@ MemoryPlan cpu_memory_plan(const GPT2Config& student, const GPT2Config* teacher,
   p.weights = P * sizeof(float);
   p.gradients = P * sizeof(float);
   p.moments = 2 * P * sizeof(float);
-  p.activations = GPT2::activation_bytes(student, shape.B, shape.T);
+  // The student's forward stops at ln_f (GPT2::forward_hidden): no [B,T,V] logits.
+  p.activations = GPT2::activation_bytes(student, shape.B, shape.T) -
+                  GPT2::logits_bytes(student, shape.B, shape.T);
+  const size_t N = size_t(shape.B) * shape.T;
+  const int Vt = teacher != nullptr ? teacher->vocab_size : 0;
+  // The fused LM head + loss: one chunk of both models' logits, the student's d(ln_f output) and,
+  // for evaluation, its ln_f output.
+  p.loss_workspace = (cpu::lm_head_kd_loss_workspace_floats(
+                          loss_chunk_rows(shape, student.vocab_size, Vt), student.vocab_size, Vt) +
+                      2 * N * student.n_embd) *
+                     sizeof(float);
   if (teacher != nullptr) {
     p.teacher_weights = teacher->num_parameters() * sizeof(float);
-    p.teacher_scratch = GPT2::inference_scratch_bytes(*teacher, shape.B, shape.T);
-    p.loss_workspace = size_t(shape.B) * shape.T * teacher->vocab_size * sizeof(float);
+    // The teacher's scratch and its ln_f output [B,T,Ct].
+    p.teacher_scratch = GPT2::inference_scratch_bytes(*teacher, shape.B, shape.T) +
+                        N * teacher->n_embd * sizeof(float);
   }
   p.other = 2 * size_t(shape.grad_accum) * shape.B * shape.T * sizeof(int32_t);
   return p;
@@ -44,7 +67,12 @@ class CpuBackend final : public Backend {
     KD_REQUIRE(Vt_ >= V_, "CpuBackend: the teacher's vocabulary is smaller than the student's");
     if (!teacher) loss_.kd_weight = 0.0f;
     for (const auto& p : student.table()) spans_.push_back({p.offset, p.numel, p.decay});
-    if (teacher) tlog_.resize(size_t(shape.B) * shape.T * Vt_);
+    const size_t N = size_t(shape.B) * shape.T;
+    chunk_ = loss_chunk_rows(shape, V_, teacher ? Vt_ : 0);
+    // Evaluation of the teacher alone reads its own vocabulary (Vt_) through the same workspace.
+    workspace_.resize(cpu::lm_head_kd_loss_workspace_floats(chunk_, V_, teacher ? Vt_ : 0));
+    hidden_.resize(N * student.config().n_embd);
+    if (teacher) teacher_hidden_.resize(N * teacher->config().n_embd);
   }
 
   const char* name() const override { return "cpu"; }
@@ -64,20 +92,22 @@ class CpuBackend final : public Backend {
       const int32_t* in = inputs + a * N;
       if (teacher_) {
         KD_RANGE_P("teacher_forward", Phase::TeacherForward, a);
-        teacher_->forward_inference(tlog_.data(), in, B, T);
+        teacher_->forward_inference_hidden(teacher_hidden_.data(), in, B, T);
       }
       {
         KD_RANGE_P("student_forward", Phase::StudentForward, a);
-        student_.forward(in, B, T);
+        student_.forward_hidden(in, B, T);
       }
       {
+        // The LM heads of both models, the loss and the head's backward, chunk by chunk: dh
+        // (hidden_) receives d(ln_f output), wte.weight's gradient the head's part.
         KD_RANGE_P("loss", Phase::Loss, a);
-        cpu::kd_loss(student_.logits(), &r.sums, student_.logits(),
-                     teacher_ ? tlog_.data() : nullptr, Vt_, targets + a * N, B * T, V_, loss_,
-                     inv_norm);
+        std::fill(hidden_.begin(), hidden_.end(), 0.0f);
+        head_loss(hidden_.data(), student_.grad("wte.weight"), &r.sums, student_.hidden(),
+                  targets + a * N, B * T, loss_, inv_norm);
       }
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
-      student_.backward(student_.logits());
+      student_.backward_hidden(hidden_.data());
     }
     r.loss = r.sums.loss / double(std::max<int64_t>(1, r.sums.rows));
     r.grad_norm = cpu::global_norm(student_.grads.data(), student_.grads.size());
@@ -97,25 +127,27 @@ class CpuBackend final : public Backend {
                         float temperature) override {
     check_eval_shape(B, T);
     LossSums s;
-    std::vector<float>& slog = eval_logits_;
-    slog.resize(size_t(B) * T * V_);
     // No phase ranges inside an evaluation: the caller's "eval" range holds it all (on both
     // backends), so step phases are never mixed with evaluation time.
-    student_.forward_inference(slog.data(), inputs, B, T);
+    student_.forward_inference_hidden(hidden_.data(), inputs, B, T);
     LossConfig cfg;  // ce_weight 1, kd_weight 0: CE, and with a teacher the KL sum
     cfg.temperature = temperature;
-    if (teacher_) teacher_->forward_inference(tlog_.data(), inputs, B, T);
-    cpu::kd_loss(nullptr, &s, slog.data(), teacher_ ? tlog_.data() : nullptr, Vt_, targets, B * T,
-                 V_, cfg, 1.0f);
+    if (teacher_) teacher_->forward_inference_hidden(teacher_hidden_.data(), inputs, B, T);
+    head_loss(nullptr, nullptr, &s, hidden_.data(), targets, B * T, cfg, 1.0f);
     return s;
   }
 
   LossSums eval_teacher(const int32_t* inputs, const int32_t* targets, int B, int T) override {
     KD_REQUIRE(teacher_ != nullptr, "CpuBackend::eval_teacher: no teacher");
     check_eval_shape(B, T);
-    teacher_->forward_inference(tlog_.data(), inputs, B, T);
+    teacher_->forward_inference_hidden(teacher_hidden_.data(), inputs, B, T);
     LossSums s;
-    cpu::kd_loss(nullptr, &s, tlog_.data(), nullptr, 0, targets, B * T, Vt_, LossConfig{}, 1.0f);
+    // The teacher's own head over its whole vocabulary, plain CE: the workspace holds chunk_ rows
+    // of V_ + Vt_ >= Vt_ floats.
+    const GPT2Config& tc = teacher_->config();
+    cpu::lm_head_kd_loss(nullptr, nullptr, &s, teacher_hidden_.data(),
+                         teacher_->param("wte.weight"), nullptr, nullptr, 0, 0, targets, B * T,
+                         tc.n_embd, Vt_, LossConfig{}, 1.0f, chunk_, workspace_.data());
     return s;
   }
 
@@ -151,6 +183,22 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // lm_head_kd_loss over n rows of the student's ln_f output h, with the teacher's ln_f output
+  // (teacher_hidden_) when there is a teacher.
+  void head_loss(float* dh, float* dwte, LossSums* sums, const float* h, const int32_t* targets,
+                 int n, const LossConfig& cfg, float inv_norm) {
+    const GPT2Config& sc = student_.config();
+    const float* wte = student_.param("wte.weight");
+    if (teacher_) {
+      cpu::lm_head_kd_loss(dh, dwte, sums, h, wte, teacher_hidden_.data(),
+                           teacher_->param("wte.weight"), teacher_->config().n_embd, Vt_, targets,
+                           n, sc.n_embd, V_, cfg, inv_norm, chunk_, workspace_.data());
+    } else {
+      cpu::lm_head_kd_loss(dh, dwte, sums, h, wte, nullptr, nullptr, 0, 0, targets, n, sc.n_embd,
+                           V_, cfg, inv_norm, chunk_, workspace_.data());
+    }
+  }
+
   void check_eval_shape(int B, int T) const {
     KD_REQUIRE(B >= 1 && T >= 1 && B <= shape_.B && T <= shape_.T,
                "CpuBackend: evaluation batch beyond the planned (B, T)");
@@ -162,7 +210,10 @@ class CpuBackend final : public Backend {
   AdamWConfig adamw_;
   StepShape shape_;
   int V_ = 0, Vt_ = 0;
-  std::vector<float> m_, v_, tlog_, eval_logits_;
+  int chunk_ = 1;  // rows per chunk of lm_head_kd_loss
+  // workspace_: one chunk of logits; hidden_: the student's d(ln_f output) in a step, its ln_f
+  // output in an evaluation; teacher_hidden_: the teacher's ln_f output.
+  std::vector<float> m_, v_, workspace_, hidden_, teacher_hidden_;
   std::vector<ParamSpan> spans_;
 };
 

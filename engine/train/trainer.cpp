@@ -319,7 +319,7 @@ AdamWConfig adamw_config(const Recipe& r) {
 
 StepShape step_shape(const Recipe& r, const GPT2Config& student) {
   return {r.train.micro_batch, r.train.seq_len > 0 ? r.train.seq_len : student.block_size,
-          r.train.grad_accum};
+          r.train.grad_accum, r.train.loss_chunk};
 }
 
 // Resumes from the newest checkpoint under out_dir when the recipe asks for it: the student's
@@ -596,7 +596,8 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  teacher weights    " << mib(p.teacher_weights) << "\n";
   out << "  teacher scratch    " << mib(p.teacher_scratch) << "\n";
   out << "  loss workspace     " << mib(p.loss_workspace)
-      << "  (teacher logits of one micro-batch)\n";
+      << (p.device.rfind("cpu", 0) == 0 ? "  (one chunk of both models' logits)\n"
+                                         : "  (teacher logits of one micro-batch)\n");
   out << "  other              " << mib(p.other) << "  (the step's tokens and targets)\n";
   out << "  total              " << mib(p.total()) << "\n";
 }
