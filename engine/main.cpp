@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cpu/threads.h"
 #include "engine/error.h"
 #include "engine/recipe.h"
 #include "engine/trainer.h"
@@ -183,6 +184,7 @@ int run(const std::string& cmd, const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kd::cpu::ensure_thread_environment(argv);  // may restart the program once (threads.h)
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << kUsage;

@@ -44,7 +44,8 @@ const std::vector<SectionSpec>& schema() {
        {{"name", Kind::String},
         {"out_dir", Kind::String},
         {"seed", Kind::Int},
-        {"device", Kind::String}}},
+        {"device", Kind::String},
+        {"threads", Kind::Int}}},
       {"data",
        {{"train", Kind::String},
         {"val", Kind::String},
@@ -653,6 +654,10 @@ void read_run(Reader& rd, Recipe::Run& run) {
       run.seed = seed;
   }
   rd.get_enum("run", "device", run.device, {"auto", "cpu", "cuda"});
+  if (rd.get_int("run", "threads", run.threads, 0) && run.threads > 1024) {
+    rd.error("run", "threads", "[run] threads must be <= 1024, got " + std::to_string(run.threads));
+    run.threads = 0;
+  }
 }
 
 void read_data(Reader& rd, Recipe& r) {
@@ -848,6 +853,7 @@ std::vector<Entry> flatten(const Recipe& r) {
   str("run", "out_dir", r.run.out_dir);
   integer("run", "seed", r.run.seed);
   str("run", "device", r.run.device);
+  integer("run", "threads", r.run.threads);
   str("data", "train", r.data.train);
   if (!r.data.val.empty())
     str("data", "val", r.data.val);

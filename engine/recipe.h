@@ -17,6 +17,7 @@ struct Recipe {
     std::string out_dir;  // default: <recipe dir>/runs/<name>
     int64_t seed = 1337;
     std::string device = "auto";  // "auto" | "cpu" | "cuda"
+    int threads = 0;              // CPU threads for the ops; 0: the cores available to the process
     bool operator==(const Run&) const = default;
   };
   struct Data {

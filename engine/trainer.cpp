@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "engine/cpu/ops.h"
+#include "engine/cpu/threads.h"
 #include "engine/cuda_step.h"
 #include "engine/data.h"
 #include "engine/device.h"
@@ -443,6 +444,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
       std::numeric_limits<double>::quiet_NaN();
+  cpu::set_threads(cpu::resolve_threads(r.run.threads));  // [run] threads: one pool for CPU ops
 
   // Device: "cuda" must be usable; "auto" falls back to the CPU with one notice line.
   const DeviceInfo& dev = probe_device();
@@ -771,6 +773,7 @@ void print_check(const Recipe& r, std::ostream& out) {
 
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out) {
+  cpu::set_threads(cpu::resolve_threads(0));
   GPT2 student = load_model(ckpt);
   auto tok = tokenizer_from_checkpoint(ckpt, student.config().vocab_size);
   std::unique_ptr<GPT2> teacher;

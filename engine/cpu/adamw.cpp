@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/cpu/ops.h"
+#include "engine/cpu/threads.h"
 #include "engine/error.h"
 #include "engine/trace.h"
 
@@ -23,11 +24,12 @@ double global_norm(const float* grads, size_t n) {
   const size_t chunks = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> partial(chunks, 0.0);
   const auto count = static_cast<std::ptrdiff_t>(chunks);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (chunks > 1)
   for (std::ptrdiff_t c = 0; c < count; ++c) {
     const size_t begin = static_cast<size_t>(c) * kNormChunk;
     const size_t end = std::min(n, begin + kNormChunk);
     double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (size_t i = begin; i < end; ++i) sum += static_cast<double>(grads[i]) * grads[i];
     partial[static_cast<size_t>(c)] = sum;
   }
@@ -62,14 +64,17 @@ void adamw_update(float* params, const float* grads, float* m, float* v,
     float* ms = m + span.offset;
     float* vs = v + span.offset;
     const auto count = static_cast<std::ptrdiff_t>(span.size);
-#pragma omp parallel for schedule(static)
+    // 1 for spans that do not decay: multiplying by 1 leaves every bit as it was.
+    const float decay = span.decay ? decay_factor : 1.0f;
+    const float eps = cfg.eps;
+#pragma omp parallel for simd schedule(static) if (worth_parallel(span.size, size_t{1} << 16))
     for (std::ptrdiff_t i = 0; i < count; ++i) {
       const float grad = g[i] * grad_scale;
       float param = p[i];
-      if (span.decay) param *= decay_factor;  // decoupled weight decay, before the Adam step
+      param *= decay;  // decoupled weight decay, before the Adam step
       const float mi = b1 * ms[i] + (1.0f - b1) * grad;
       const float vi = b2 * vs[i] + (1.0f - b2) * grad * grad;
-      const float denom = std::sqrt(vi) / bias2_sqrt + cfg.eps;
+      const float denom = std::sqrt(vi) / bias2_sqrt + eps;
       p[i] = param - step_size * (mi / denom);
       ms[i] = mi;
       vs[i] = vi;

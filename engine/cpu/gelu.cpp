@@ -2,6 +2,8 @@
 #include <cmath>
 
 #include "engine/cpu/ops.h"
+#include "engine/cpu/threads.h"
+#include "engine/cpu/vmath.h"
 #include "engine/trace.h"
 
 namespace kd::cpu {
@@ -13,14 +15,19 @@ constexpr float kCubic = 0.044715f;
 
 // tanh(u) = 1 - 2 / (exp(2u) + 1): one expf, several times faster than std::tanh on float, and
 // exact to a few ulps of 1 (the forward adds 1 to it). Saturates correctly for large |u|.
-inline float fast_tanh(float u) { return 1.0f - 2.0f / (std::exp(2.0f * u) + 1.0f); }
+inline float fast_tanh(float u) {
+  return 1.0f - 2.0f / (vexp(2.0f * u) + 1.0f);
+}
+
+// GELU is about 20 flops per element: worth two threads from a few thousand elements.
+constexpr size_t kGeluParallel = size_t{1} << 15;
 
 }  // namespace
 
 void gelu_forward(float* out, const float* inp, size_t n) {
   KD_OP("gelu_forward", 10.0 * n, 8.0 * n);
   const auto count = static_cast<std::ptrdiff_t>(n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (worth_parallel(n, kGeluParallel))
   for (std::ptrdiff_t i = 0; i < count; ++i) {
     const float x = inp[i];
     const float u = kSqrt2OverPi * (x + kCubic * x * x * x);
@@ -31,7 +38,7 @@ void gelu_forward(float* out, const float* inp, size_t n) {
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   KD_OP("gelu_backward", 20.0 * n, 16.0 * n);
   const auto count = static_cast<std::ptrdiff_t>(n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (worth_parallel(n, kGeluParallel))
   for (std::ptrdiff_t i = 0; i < count; ++i) {
     const float x = inp[i];
     const float u = kSqrt2OverPi * (x + kCubic * x * x * x);

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "engine/cpu/ops.h"
+#include "engine/cpu/threads.h"
 #include "engine/trace.h"
 
 namespace kd::cpu {
@@ -10,20 +11,24 @@ namespace {
 
 constexpr float kEps = 1e-5f;
 constexpr int kChannelBlock = 32;  // channels per thread in the parameter-gradient pass
+// Row elements (N*C) from which a LayerNorm pass is split across threads.
+constexpr size_t kLayerNormParallel = size_t{1} << 17;
 
 }  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int N, int C) {
   KD_OP("layernorm_forward", 8.0 * N * C, 8.0 * N * C);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(size_t(N) * C, kLayerNormParallel))
   for (int n = 0; n < N; ++n) {
     const float* x = inp + static_cast<size_t>(n) * C;
     float* y = out + static_cast<size_t>(n) * C;
     float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
     for (int c = 0; c < C; ++c) sum += x[c];
     const float m = sum / C;
     float sq = 0.0f;  // two passes: the variance of centred values does not cancel catastrophically
+#pragma omp simd reduction(+ : sq)
     for (int c = 0; c < C; ++c) sq += (x[c] - m) * (x[c] - m);
     const float s = 1.0f / std::sqrt(sq / C + kEps);  // biased variance, as torch.nn.LayerNorm
     for (int c = 0; c < C; ++c) y[c] = (x[c] - m) * s * weight[c] + bias[c];
@@ -38,7 +43,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   KD_OP("layernorm_backward", 14.0 * N * C, 16.0 * N * C);
   // Input gradient: rows are independent.
   //   dxhat = dout * w;  dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(size_t(N) * C, kLayerNormParallel))
   for (int n = 0; n < N; ++n) {
     const float* x = inp + static_cast<size_t>(n) * C;
     const float* g = dout + static_cast<size_t>(n) * C;
@@ -47,6 +52,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     const float s = rstd[n];
     float sum_dxhat = 0.0f;
     float sum_dxhat_xhat = 0.0f;
+#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
     for (int c = 0; c < C; ++c) {
       const float xhat = (x[c] - m) * s;
       const float dxhat = g[c] * weight[c];
@@ -65,7 +71,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   // Parameter gradients sum over rows. Each thread owns a block of channels and walks the rows in
   // order, so the result does not depend on the thread count.
   const int blocks = (C + kChannelBlock - 1) / kChannelBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(size_t(N) * C, kLayerNormParallel))
   for (int blk = 0; blk < blocks; ++blk) {
     const int c0 = blk * kChannelBlock;
     const int c1 = c0 + kChannelBlock < C ? c0 + kChannelBlock : C;
@@ -74,8 +80,10 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     for (int n = 0; n < N; ++n) {
       const float* x = inp + static_cast<size_t>(n) * C;
       const float* g = dout + static_cast<size_t>(n) * C;
+      const float m = mean[n], s = rstd[n];
+#pragma omp simd
       for (int c = c0; c < c1; ++c) {
-        acc_w[c - c0] += g[c] * (x[c] - mean[n]) * rstd[n];
+        acc_w[c - c0] += g[c] * (x[c] - m) * s;
         acc_b[c - c0] += g[c];
       }
     }
