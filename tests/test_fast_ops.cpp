@@ -269,6 +269,51 @@ TEST_P(FastOps, AdamWAndNormMatchReference) {
   EXPECT_NEAR(norm, norm_ref, 1e-12 * norm_ref);
 }
 
+TEST_P(FastOps, FusedOpsMatchTheReferenceOpsInSequence) {
+  const Shape s = GetParam();
+  const int N = s.B * s.T, C = s.C;
+  std::mt19937 rng(10);
+  // residual + LayerNorm
+  auto a = random_floats(static_cast<size_t>(N) * C, rng, -2.0f, 2.0f);
+  auto b = random_floats(a.size(), rng, -2.0f, 2.0f);
+  auto w = random_floats(C, rng), bias = random_floats(C, rng);
+  std::vector<float> res(a.size()), out(a.size()), mean(N), rstd(N);
+  std::vector<float> res_ref(a.size()), out_ref(a.size()), mean_ref(N), rstd_ref(N);
+  cpu::residual_layernorm_forward(res.data(), out.data(), mean.data(), rstd.data(), a.data(),
+                                  b.data(), w.data(), bias.data(), N, C);
+  ref::residual_forward(res_ref.data(), a.data(), b.data(), a.size());
+  ref::layernorm_forward(out_ref.data(), mean_ref.data(), rstd_ref.data(), res_ref.data(), w.data(),
+                         bias.data(), N, C);
+  EXPECT_TRUE(same_bits(res, res_ref));
+  EXPECT_LT(err(out, out_ref), kTol);
+  EXPECT_LT(err(mean, mean_ref), kTol);
+  EXPECT_LT(err(rstd, rstd_ref), kTol);
+  // ...and the same bits as the fast ops unfused.
+  std::vector<float> res2(a.size()), out2(a.size()), mean2(N), rstd2(N);
+  cpu::residual_forward(res2.data(), a.data(), b.data(), a.size());
+  cpu::layernorm_forward(out2.data(), mean2.data(), rstd2.data(), res2.data(), w.data(),
+                         bias.data(), N, C);
+  EXPECT_TRUE(same_bits(out, out2));
+  EXPECT_TRUE(same_bits(rstd, rstd2));
+
+  // bias + GELU after the MLP's first product (C -> 4C), values from -6 to 6 and beyond.
+  const int OC = 4 * C;
+  auto inp = random_floats(static_cast<size_t>(N) * C, rng, -3.0f, 3.0f);
+  auto wf = random_floats(static_cast<size_t>(C) * OC, rng);
+  auto bf = random_floats(OC, rng);
+  std::vector<float> pre(static_cast<size_t>(N) * OC), act(pre.size());
+  std::vector<float> pre_ref(pre.size()), act_ref(pre.size());
+  cpu::matmul_gelu_forward(pre.data(), act.data(), inp.data(), wf.data(), bf.data(), N, C, OC);
+  ref::matmul_forward(pre_ref.data(), inp.data(), wf.data(), bf.data(), N, C, OC,
+                      cpu::Layout::InOut);
+  ref::gelu_forward(act_ref.data(), pre_ref.data(), pre_ref.size());
+  EXPECT_LT(err(pre, pre_ref), kTol);
+  EXPECT_LT(err(act, act_ref), kTol);
+  std::vector<float> act2(pre.size());
+  cpu::gelu_forward(act2.data(), pre.data(), pre.size());
+  EXPECT_TRUE(same_bits(act, act2));
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, FastOps, ::testing::ValuesIn(kShapes),
                          [](const testing::TestParamInfo<Shape>& info) {
                            const Shape& s = info.param;

@@ -32,7 +32,58 @@ void check_heads(int C, int NH, const char* op) {
 }
 
 // Tiles of work below this many multiply-adds in all run on the calling thread.
-constexpr double kParallelWork = 2e5;
+constexpr double kParallelWork = 1e6;
+
+// Row by row over the scores S [T,T] of one tile: the causal mask (j > i gets probability 0),
+// the softmax in place, and each row's log-sum-exp.
+KD_SIMD_CLONES void softmax_causal(float* S, float* row_lse, int T) {
+  for (int i = 0; i < T; ++i) {
+    float* s = S + static_cast<size_t>(i) * T;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j <= i; ++j) mx = s[j] > mx ? s[j] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j <= i; ++j) {
+      const float e = vexp(s[j] - mx);
+      s[j] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j <= i; ++j) s[j] *= inv;
+    for (int j = i + 1; j < T; ++j) s[j] = 0.0f;
+    row_lse[i] = mx + std::log(sum);
+  }
+}
+
+// One tile's backward through the softmax. In: P holds the scaled scores, dP holds dO V^T. Out: P
+// the probabilities exp(S - lse) (0 above the diagonal) and dP the score gradient
+// dS_ij = P_ij (dP_ij - D_i) * scale, with D_i = dO_i · O_i (= sum_j P_ij dP_ij); the scale is the
+// chain rule through the scaled scores.
+KD_SIMD_CLONES void softmax_backward_causal(float* P, float* dP, const float* g, const float* o,
+                                            const float* row_lse, int T, int C, int hs,
+                                            float scale) {
+  for (int i = 0; i < T; ++i) {
+    float* p = P + static_cast<size_t>(i) * T;
+    float* ds = dP + static_cast<size_t>(i) * T;
+    const float* gi = g + static_cast<size_t>(i) * C;
+    const float* oi = o + static_cast<size_t>(i) * C;
+    float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+    for (int d = 0; d < hs; ++d) D += gi[d] * oi[d];
+    const float li = row_lse[i];
+#pragma omp simd
+    for (int j = 0; j <= i; ++j) {
+      const float pij = vexp(p[j] - li);
+      p[j] = pij;
+      ds[j] = pij * (ds[j] - D) * scale;
+    }
+    for (int j = i + 1; j < T; ++j) {
+      p[j] = 0.0f;
+      ds[j] = 0.0f;
+    }
+  }
+}
 
 }  // namespace
 
@@ -62,23 +113,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
       // S[T,T] = scale * Q K^T (the upper triangle is computed and then masked out).
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, ld, k, ld, 0.0f,
                   S.data(), T);
-      for (int i = 0; i < T; ++i) {
-        float* s = S.data() + static_cast<size_t>(i) * T;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j <= i; ++j) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j <= i; ++j) {
-          const float e = vexp(s[j] - mx);
-          s[j] = e;
-          sum += e;
-        }
-        const float inv = 1.0f / sum;
-#pragma omp simd
-        for (int j = 0; j <= i; ++j) s[j] *= inv;
-        for (int j = i + 1; j < T; ++j) s[j] = 0.0f;
-        row_lse[i] = mx + std::log(sum);
-      }
+      softmax_causal(S.data(), row_lse, T);
       // O[T,hs] = P V.
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, S.data(), T, v, ld,
                   0.0f, o, C);
@@ -123,28 +158,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                   P.data(), T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, g, C, v, ld, 0.0f,
                   dP.data(), T);
-      for (int i = 0; i < T; ++i) {
-        float* p = P.data() + static_cast<size_t>(i) * T;
-        float* ds = dP.data() + static_cast<size_t>(i) * T;
-        const float* gi = g + static_cast<size_t>(i) * C;
-        const float* oi = o + static_cast<size_t>(i) * C;
-        // D_i = dO_i · O_i  (= sum_j P_ij dP_ij)
-        float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-        for (int d = 0; d < hs; ++d) D += gi[d] * oi[d];
-        const float li = row_lse[i];
-        // dS_ij = P_ij (dP_ij - D_i), times scale for the chain rule through the scaled scores.
-#pragma omp simd
-        for (int j = 0; j <= i; ++j) {
-          const float pij = vexp(p[j] - li);
-          p[j] = pij;
-          ds[j] = pij * (ds[j] - D) * scale;
-        }
-        for (int j = i + 1; j < T; ++j) {
-          p[j] = 0.0f;
-          ds[j] = 0.0f;
-        }
-      }
+      softmax_backward_causal(P.data(), dP.data(), g, o, row_lse, T, C, hs, scale);
       // dQ += dS K;  dK += dS^T Q;  dV += P^T dO.
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, dP.data(), T, k, ld,
                   1.0f, dq, ld);

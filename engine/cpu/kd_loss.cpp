@@ -157,7 +157,7 @@ RowSums loss_row(float* dz, const float* z, const float* t, int target, int V,
 
 // e^x - 1 for |x| <= 1 by its Taylor series (to x^11: relative error below 2e-8), branch-free so
 // loops over it vectorise.
-inline float expm1_small(float x) {
+[[gnu::always_inline]] inline float expm1_small(float x) {
   float p = 1.0f + x * (1.0f / 11.0f);
   p = 1.0f + x * (1.0f / 10.0f) * p;
   p = 1.0f + x * (1.0f / 9.0f) * p;
@@ -172,7 +172,7 @@ inline float expm1_small(float x) {
 }
 
 // kl_term without branches: the same two forms, selected.
-inline float kl_term_v(float a, float b, float log_ratio) {
+[[gnu::always_inline]] inline float kl_term_v(float a, float b, float log_ratio) {
   const float l = log_ratio;
   const float lc = l < -1.0f ? -1.0f : (l > 1.0f ? 1.0f : l);  // keeps the series in range
   const float near = a * (l + expm1_small(-lc));
@@ -189,8 +189,8 @@ struct Pass3 {
 // The last pass of fast_row, one instantiation per case so that every loop is branch-free:
 // kGrad writes dz, kTeacher adds the teacher's terms, kUnitT reuses q as softmax(z) at T = 1.
 template <bool kGrad, bool kTeacher, bool kUnitT>
-void pass3(const Pass3& c, float* dz, const float* z, const float* t, int V, float& hq_out,
-           float& hp_out, float& fkl_out) {
+[[gnu::always_inline]] inline void pass3(const Pass3& c, float* dz, const float* z, const float* t,
+                                         int V, float& hq_out, float& hp_out, float& fkl_out) {
   float hq = 0.0f, hp = 0.0f, fkl = 0.0f;
 #pragma omp simd reduction(+ : hq, hp, fkl)
   for (int k = 0; k < V; ++k) {
@@ -216,8 +216,8 @@ void pass3(const Pass3& c, float* dz, const float* z, const float* t, int V, flo
 }
 
 // Forward KL (or plain CE when t is null) in three vectorised passes. Same contract as loss_row.
-RowSums fast_row(float* dz, const float* z, const float* t, int target, int V,
-                 const LossConfig& cfg, float inv_norm) {
+KD_SIMD_CLONES RowSums fast_row(float* dz, const float* z, const float* t, int target, int V,
+                                const LossConfig& cfg, float inv_norm) {
   const float inv_t = 1.0f / cfg.temperature;
   const bool unit_t = cfg.temperature == 1.0f;
   // Pass 1: the maxima.

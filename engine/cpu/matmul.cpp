@@ -12,6 +12,7 @@
 
 #include "engine/cpu/ops.h"
 #include "engine/cpu/threads.h"
+#include "engine/cpu/vmath.h"
 #include "engine/trace.h"
 
 namespace kd::cpu {
@@ -19,7 +20,7 @@ namespace kd::cpu {
 namespace {
 
 constexpr int kColumnBlock = 64;        // output columns per thread in the bias-gradient pass
-constexpr double kParallelFlops = 4e5;  // below this a product runs on the calling thread
+constexpr double kParallelFlops = 1e7;  // below this a product runs on the calling thread
 
 // Threads to use for a product of `flops` whose split dimension has `extent` rows or columns.
 int threads_for(double flops, int extent) {
@@ -52,16 +53,35 @@ void split(int parts, int extent, Body&& body) {
   }
 }
 
-}  // namespace
+// out[n, o0:o1] = gelu(pre[n, o0:o1]) for rows [n0, n1).
+KD_SIMD_CLONES void gelu_block(float* out, const float* pre, int OC, int n0, int n1, int o0,
+                               int o1) {
+  for (int n = n0; n < n1; ++n) {
+    const float* x = pre + static_cast<size_t>(n) * OC;
+    float* y = out + static_cast<size_t>(n) * OC;
+    for (int o = o0; o < o1; ++o) y[o] = gelu_tanh(x[o]);
+  }
+}
 
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
-                    int C, int OC, Layout layout) {
-  KD_OP("matmul_forward", 2.0 * N * C * OC,
-        4.0 * (double(N) * C + double(C) * OC + double(N) * OC));
+// matmul_forward, and when gelu_out is non-null gelu_out = gelu(out) block by block.
+void forward(float* out, float* gelu_out, const float* inp, const float* weight, const float* bias,
+             int N, int C, int OC, Layout layout) {
   if (N <= 0 || OC <= 0) return;
   blas_single_threaded();
   const bool in_out = layout == Layout::InOut;
   const double flops = 2.0 * N * C * OC;
+  // out[n0:n1, o0:o1] += inp[n0:n1, :] · W[:, o0:o1]
+  auto product = [&](int n0, int n1, int o0, int o1) {
+    const float* a = inp + static_cast<size_t>(n0) * C;
+    float* c = out + static_cast<size_t>(n0) * OC + o0;
+    if (in_out) {  // W is [C,OC]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n1 - n0, o1 - o0, C, 1.0f, a, C,
+                  weight + o0, OC, 1.0f, c, OC);
+    } else {  // W is [OC,C]: the product with its transpose
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n1 - n0, o1 - o0, C, 1.0f, a, C,
+                  weight + static_cast<size_t>(o0) * C, C, 1.0f, c, OC);
+    }
+  };
   // Start every row of the block from the bias (or zero) and let sgemm add the product (beta = 1):
   // whatever was in `out` before never leaks through.
   auto block = [&](int n0, int n1, int o0, int o1) {
@@ -73,22 +93,30 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
         std::fill(row + o0, row + o1, 0.0f);
       }
     }
-    if (C <= 0) return;
-    const float* a = inp + static_cast<size_t>(n0) * C;
-    float* c = out + static_cast<size_t>(n0) * OC + o0;
-    if (in_out) {  // out[N,OC] += inp[N,C] · W[C,OC]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n1 - n0, o1 - o0, C, 1.0f, a, C,
-                  weight + o0, OC, 1.0f, c, OC);
-    } else {  // out[N,OC] += inp[N,C] · W[OC,C]^T
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n1 - n0, o1 - o0, C, 1.0f, a, C,
-                  weight + static_cast<size_t>(o0) * C, C, 1.0f, c, OC);
-    }
+    if (C > 0) product(n0, n1, o0, o1);
+    if (gelu_out != nullptr) gelu_block(gelu_out, out, OC, n0, n1, o0, o1);
   };
   if (OC >= N) {
     split(threads_for(flops, OC), OC, [&](int o0, int o1) { block(0, N, o0, o1); });
   } else {
     split(threads_for(flops, N), N, [&](int n0, int n1) { block(n0, n1, 0, OC); });
   }
+}
+
+}  // namespace
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                    int C, int OC, Layout layout) {
+  KD_OP("matmul_forward", 2.0 * N * C * OC,
+        4.0 * (double(N) * C + double(C) * OC + double(N) * OC));
+  forward(out, nullptr, inp, weight, bias, N, C, OC, layout);
+}
+
+void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                         const float* bias, int N, int C, int OC) {
+  KD_OP("matmul_gelu_forward", 2.0 * N * C * OC + 10.0 * N * OC,
+        4.0 * (double(N) * C + double(C) * OC + 2.0 * N * OC));
+  forward(pre, out, inp, weight, bias, N, C, OC, Layout::InOut);
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
@@ -132,7 +160,7 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
   if (dbias != nullptr) {
     // dbias[o] += sum_n dout[n,o]: threads own blocks of columns and walk rows in order.
     const int blocks = (OC + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static) if (worth_parallel(size_t(N) * OC))
+#pragma omp parallel for schedule(static) if (worth_parallel(size_t(N) * OC, size_t{1} << 18))
     for (int blk = 0; blk < blocks; ++blk) {
       const int o0 = blk * kColumnBlock;
       const int o1 = o0 + kColumnBlock < OC ? o0 + kColumnBlock : OC;

@@ -4,6 +4,8 @@
 // choice.
 #pragma once
 
+#include <omp.h>
+
 #include <cstddef>
 
 namespace kd::cpu {
@@ -32,13 +34,33 @@ void blas_single_threaded();
 // kept. Call it first thing in main().
 void ensure_thread_environment(char** argv);
 
-// Work below these sizes runs on the calling thread: waking the pool costs more than it saves.
-// Elementwise ops count elements; row ops count row elements (rows * width).
+// The rule for every op: open a parallel region only for work that takes about 200 us or more on
+// one core. Waking sleeping threads costs tens of microseconds on an idle machine, and up to a
+// scheduler time slice on a busy one (a region ends when its slowest thread does). Each op states
+// its threshold in its own units (elements, rows * width, FLOPs); this is the default.
 inline constexpr size_t kParallelElems = size_t{1} << 16;
 
 // OpenMP `if` helper: true when `work` is worth a parallel region.
 inline bool worth_parallel(size_t work, size_t threshold = kParallelElems) {
   return work >= threshold;
+}
+
+// body(begin, end) over [0, n): one contiguous range per thread when n >= threshold, else one
+// call on the calling thread. The ranges depend only on n and the thread count.
+template <class Body>
+void for_ranges(size_t n, size_t threshold, Body&& body) {
+  if (n < threshold || omp_get_max_threads() == 1) {
+    body(size_t{0}, n);
+    return;
+  }
+#pragma omp parallel
+  {
+    const size_t t = static_cast<size_t>(omp_get_thread_num());
+    const size_t nt = static_cast<size_t>(omp_get_num_threads());
+    const size_t begin = n / nt * t + (t < n % nt ? t : n % nt);
+    const size_t end = begin + n / nt + (t < n % nt ? 1 : 0);
+    if (end > begin) body(begin, end);
+  }
 }
 
 }  // namespace kd::cpu
