@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/cpu/threads.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/ops/cpu/threads.h"
 #include "model/gpt2.h"
 
 namespace {
@@ -112,10 +112,10 @@ struct Step {
   Options o;
   std::unique_ptr<kd::GPT2> student, teacher;
   std::vector<float> m, v, tlog;
-  std::vector<kd::cpu::ParamSpan> spans;
+  std::vector<kd::ParamSpan> spans;
   std::vector<int32_t> inputs, targets;
-  kd::cpu::LossConfig loss;
-  kd::cpu::AdamWConfig opt;
+  kd::LossConfig loss;
+  kd::AdamWConfig opt;
   int t = 0;
 
   explicit Step(const Options& opts) : o(opts) {
@@ -129,9 +129,9 @@ struct Step {
       teacher = std::make_unique<kd::GPT2>(config(o.t_layer, o.t_head, o.t_embd, o));
       teacher->init_random(2);
       tlog.assign(static_cast<size_t>(o.batch) * o.seq * o.vocab, 0.0f);
-      loss = {0.5f, 0.5f, 2.0f, kd::cpu::Divergence::ForwardKL, 0.5f, true};
+      loss = {0.5f, 0.5f, 2.0f, kd::Divergence::ForwardKL, 0.5f, true};
     } else {
-      loss = {1.0f, 0.0f, 1.0f, kd::cpu::Divergence::ForwardKL, 0.5f, true};
+      loss = {1.0f, 0.0f, 1.0f, kd::Divergence::ForwardKL, 0.5f, true};
     }
     opt.lr = 1e-4f;
     const size_t N = static_cast<size_t>(o.batch) * o.seq;
@@ -147,7 +147,7 @@ struct Step {
     student->zero_grad();
     if (teacher) teacher->forward_inference(tlog.data(), inputs.data(), o.batch, o.seq);
     student->forward(inputs.data(), o.batch, o.seq);
-    kd::cpu::LossSums sums;
+    kd::LossSums sums;
     kd::cpu::kd_loss(student->logits(), &sums, student->logits(), teacher ? tlog.data() : nullptr,
                      o.vocab, targets.data(), N, o.vocab, loss, 1.0f / static_cast<float>(N));
     student->backward(student->logits());

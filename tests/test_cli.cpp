@@ -14,7 +14,7 @@
 #include <string>
 #include <thread>
 
-#include "engine/rng.h"
+#include "engine/base/rng.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;

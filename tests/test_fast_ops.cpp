@@ -1,6 +1,6 @@
-// The fast CPU ops (engine/cpu/*.cpp, what the model calls) against their plainly written
-// references (engine/cpu/reference/), on random inputs of several shapes, odd sizes included, and
-// with enough work that the fast ops split it across threads. Backward ops start from random
+// The fast CPU ops (engine/ops/cpu/*.cpp, what the model calls) against their plainly written
+// references (engine/ops/cpu/reference/), on random inputs of several shapes, odd sizes included,
+// and with enough work that the fast ops split it across threads. Backward ops start from random
 // gradients, so the "backward adds" contract is checked too. Then determinism: the same inputs and
 // thread count give the same bits, for each op and for a whole training step of a small model.
 //
@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/cpu/reference/ops_ref.h"
-#include "engine/cpu/threads.h"
-#include "engine/cpu/vmath.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/ops/cpu/reference/ops_ref.h"
+#include "engine/ops/cpu/threads.h"
+#include "engine/ops/cpu/vmath.h"
 #include "model/gpt2.h"
 #include "tests/grad_check.h"
 
@@ -119,12 +119,12 @@ TEST_P(FastOps, MatmulMatchesReferenceInBothLayouts) {
   // The attention projection (C -> 3C), the MLP (C -> 4C -> C) and the LM head (C -> V, OutIn).
   struct Case {
     int C, OC;
-    cpu::Layout layout;
+    kd::Layout layout;
     bool bias;
   };
-  const Case cases[] = {{s.C, 3 * s.C, cpu::Layout::InOut, true},
-                        {4 * s.C, s.C, cpu::Layout::InOut, true},
-                        {s.C, s.V, cpu::Layout::OutIn, false}};
+  const Case cases[] = {{s.C, 3 * s.C, kd::Layout::InOut, true},
+                        {4 * s.C, s.C, kd::Layout::InOut, true},
+                        {s.C, s.V, kd::Layout::OutIn, false}};
   for (const Case& c : cases) {
     SCOPED_TRACE(testing::Message() << "C=" << c.C << " OC=" << c.OC);
     auto inp = random_floats(static_cast<size_t>(N) * c.C, rng);
@@ -209,13 +209,13 @@ TEST_P(FastOps, KdLossMatchesReference) {
   for (int n = 0; n < N; ++n) targets[n] = n % 5 == 3 ? -1 : static_cast<int32_t>(rng() % V);
   struct Case {
     const char* name;
-    cpu::LossConfig cfg;
+    kd::LossConfig cfg;
     bool teacher;
   };
-  cpu::LossConfig fkl1{0.5f, 0.5f, 1.0f, cpu::Divergence::ForwardKL, 0.5f, true};
-  cpu::LossConfig fkl2{0.3f, 0.7f, 2.0f, cpu::Divergence::ForwardKL, 0.5f, true};
-  cpu::LossConfig ce{1.0f, 0.0f, 1.0f, cpu::Divergence::ForwardKL, 0.5f, true};
-  cpu::LossConfig rkl{0.5f, 0.5f, 1.5f, cpu::Divergence::ReverseKL, 0.5f, true};
+  kd::LossConfig fkl1{0.5f, 0.5f, 1.0f, kd::Divergence::ForwardKL, 0.5f, true};
+  kd::LossConfig fkl2{0.3f, 0.7f, 2.0f, kd::Divergence::ForwardKL, 0.5f, true};
+  kd::LossConfig ce{1.0f, 0.0f, 1.0f, kd::Divergence::ForwardKL, 0.5f, true};
+  kd::LossConfig rkl{0.5f, 0.5f, 1.5f, kd::Divergence::ReverseKL, 0.5f, true};
   const Case cases[] = {{"forward_kl T=1", fkl1, true},
                         {"forward_kl T=2", fkl2, true},
                         {"ce", ce, false},
@@ -225,7 +225,7 @@ TEST_P(FastOps, KdLossMatchesReference) {
     SCOPED_TRACE(c.name);
     const float* t = c.teacher ? teacher.data() : nullptr;
     std::vector<float> d(logits.size()), d_ref(logits.size());
-    cpu::LossSums sums, sums_ref;
+    kd::LossSums sums, sums_ref;
     cpu::kd_loss(d.data(), &sums, logits.data(), t, Vt, targets.data(), N, V, c.cfg, 1.0f / N);
     ref::kd_loss(d_ref.data(), &sums_ref, logits.data(), t, Vt, targets.data(), N, V, c.cfg,
                  1.0f / N);
@@ -241,7 +241,7 @@ TEST_P(FastOps, KdLossMatchesReference) {
                 kTol * std::abs(sums_ref.student_entropy) + 1e-6);
     // In place (dlogits over the logits) gives the same bits as out of place.
     auto inplace = logits;
-    cpu::LossSums sums_in;
+    kd::LossSums sums_in;
     cpu::kd_loss(inplace.data(), &sums_in, inplace.data(), t, Vt, targets.data(), N, V, c.cfg,
                  1.0f / N);
     EXPECT_TRUE(same_bits(inplace, d));
@@ -256,9 +256,9 @@ TEST_P(FastOps, AdamWAndNormMatchReference) {
   auto p = random_floats(n, rng), g = random_floats(n, rng);
   auto m = random_floats(n, rng, -0.1f, 0.1f), v = random_floats(n, rng, 0.0f, 0.01f);
   auto p_ref = p, m_ref = m, v_ref = v;
-  const std::vector<cpu::ParamSpan> spans = {{0, static_cast<size_t>(s.V) * s.C, true},
-                                             {static_cast<size_t>(s.V) * s.C, 3u * s.C, false}};
-  cpu::AdamWConfig cfg;
+  const std::vector<kd::ParamSpan> spans = {{0, static_cast<size_t>(s.V) * s.C, true},
+                                            {static_cast<size_t>(s.V) * s.C, 3u * s.C, false}};
+  kd::AdamWConfig cfg;
   cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), spans, cfg, 3, 0.7f);
   ref::adamw_update(p_ref.data(), g.data(), m_ref.data(), v_ref.data(), spans, cfg, 3, 0.7f);
   // The update is elementwise with the same operations in the same order: the same bits.
@@ -305,7 +305,7 @@ TEST_P(FastOps, FusedOpsMatchTheReferenceOpsInSequence) {
   std::vector<float> pre_ref(pre.size()), act_ref(pre.size());
   cpu::matmul_gelu_forward(pre.data(), act.data(), inp.data(), wf.data(), bf.data(), N, C, OC);
   ref::matmul_forward(pre_ref.data(), inp.data(), wf.data(), bf.data(), N, C, OC,
-                      cpu::Layout::InOut);
+                      kd::Layout::InOut);
   ref::gelu_forward(act_ref.data(), pre_ref.data(), pre_ref.size());
   EXPECT_LT(err(pre, pre_ref), kTol);
   EXPECT_LT(err(act, act_ref), kTol);
@@ -354,9 +354,9 @@ TEST(FastOpsDeterminism, SameThreadsSameBits) {
     with_threads(threads, [&] {
       std::vector<float> out(static_cast<size_t>(N) * OC), dinp(inp.size(), 0.0f),
           dw(w.size(), 0.0f);
-      cpu::matmul_forward(out.data(), inp.data(), w.data(), nullptr, N, C, OC, cpu::Layout::OutIn);
+      cpu::matmul_forward(out.data(), inp.data(), w.data(), nullptr, N, C, OC, kd::Layout::OutIn);
       cpu::matmul_backward(dinp.data(), dw.data(), nullptr, dout.data(), inp.data(), w.data(), N, C,
-                           OC, cpu::Layout::OutIn);
+                           OC, kd::Layout::OutIn);
       std::vector<float> aout(adout.size()), lse(static_cast<size_t>(B) * NH * T),
           dqkv(qkv.size(), 0.0f);
       cpu::attention_forward(aout.data(), lse.data(), qkv.data(), B, T, AC, NH);
@@ -396,9 +396,9 @@ TEST(FastOpsDeterminism, ModelStepIsBitwiseRepeatable) {
       model.enable_training();
       model.forward(tokens.data(), B, T);
       std::vector<float> logits(model.logits(), model.logits() + static_cast<size_t>(N) * 300);
-      cpu::LossSums sums;
+      kd::LossSums sums;
       cpu::kd_loss(model.logits(), &sums, model.logits(), nullptr, 0, targets.data(), N, 300,
-                   cpu::LossConfig{}, 1.0f / N);
+                   kd::LossConfig{}, 1.0f / N);
       model.backward(model.logits());
       result = logits;
       result.insert(result.end(), model.grads.begin(), model.grads.end());

@@ -10,11 +10,11 @@
 #include <sstream>
 #include <string>
 
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/recipe.h"
-#include "engine/rng.h"
-#include "engine/trainer.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/recipe.h"
+#include "engine/base/rng.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -142,6 +142,32 @@ TEST_F(TrainerTest, CheckpointsAreCompleteAndPruned) {
   // Nothing temporary is left behind.
   for (const auto& e : fs::directory_iterator(dir_ / "ckpt"))
     EXPECT_NE(e.path().filename().string().rfind(".tmp", 0), 0u) << e.path();
+}
+
+// The token cache: by default one shard named after the tokenizer's kind under out_dir/cache;
+// cache_dir = "" writes none and trains on the same tokens. The checkpoint's tokenizer.json says
+// the same kind, and sampling rebuilds the tokenizer from it.
+TEST_F(TrainerTest, EmptyCacheDirTurnsTheCacheOff) {
+  std::ostringstream sink;
+  kd::train(kd::load_recipe(write_recipe("cached", student(), 4).string()), sink);
+  std::vector<std::string> cached;
+  for (const auto& e : fs::directory_iterator(dir_ / "cached" / "cache"))
+    cached.push_back(e.path().filename().string());
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].rfind("tokens-bytes-", 0), 0u) << cached[0];
+
+  kd::Recipe r =
+      kd::load_recipe(write_recipe("uncached", student(), 4).string(), {"data.cache_dir=\"\""});
+  ASSERT_EQ(r.data.cache_dir, "");
+  kd::train(r, sink);
+  EXPECT_FALSE(fs::exists(dir_ / "uncached" / "cache"));
+  EXPECT_EQ(loss_log(dir_ / "uncached"), loss_log(dir_ / "cached"));
+
+  const fs::path ckpt = dir_ / "uncached" / "final";
+  std::stringstream tok_json;
+  tok_json << std::ifstream(ckpt / "tokenizer.json").rdbuf();
+  EXPECT_EQ(kd::Json::parse(tok_json.str()).at("kind").as_string(), "bytes");
+  EXPECT_EQ(kd::sample_text(ckpt.string(), "the ", 4, 1.0, 5, 1).rfind("the ", 0), 0u);
 }
 
 TEST_F(TrainerTest, LearningRateSchedule) {
