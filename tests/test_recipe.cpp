@@ -779,3 +779,36 @@ TEST_F(RecipeTest, ShippedRecipesLoad) {
 }
 
 }  // namespace
+
+namespace {
+
+// [teacher] tokenizer declares the tokenizer of a teacher checkpoint that carries no tokenizer
+// files (model/checkpoint_tokenizer.h): read, written back, validated and documented.
+TEST_F(RecipeTest, TeacherTokenizerDeclaration) {
+  const std::string teach = "[teacher]\ncheckpoint = \"teacher_ckpt\"\n";
+  kd::Recipe plain = kd::load_recipe(write("a.toml", std::string(kMinimal) + teach));
+  EXPECT_EQ(plain.teacher.tokenizer, "");
+  EXPECT_EQ(kd::recipe_to_toml(plain).find("tokenizer = \"bytes\"\n[loss]"), std::string::npos);
+  const std::string p = write("b.toml", std::string(kMinimal) + teach + "tokenizer = \"bytes\"\n");
+  kd::Recipe r = kd::load_recipe(p);
+  EXPECT_EQ(r.teacher.tokenizer, "bytes");
+  const std::string toml = kd::recipe_to_toml(r);
+  const size_t sec = toml.find("[teacher]");
+  ASSERT_NE(sec, std::string::npos) << toml;
+  EXPECT_NE(toml.find("tokenizer = \"bytes\"", sec), std::string::npos) << toml;
+  EXPECT_EQ(kd::load_recipe(write("c.toml", toml)), r);
+  const std::string q =
+      write("d.toml", std::string(kMinimal) + teach + "tokenizer = \"sentencepiece\"\n");
+  EXPECT_EQ(errors_of(q), q + ":14:13: error: [teacher] tokenizer must be one of \"bytes\", "
+                              "\"gpt2\", got \"sentencepiece\"");
+  std::ifstream in(std::string(KD_SOURCE_DIR) + "/docs/recipes.md");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  const size_t head = doc.find("## [teacher]");
+  ASSERT_NE(head, std::string::npos);
+  const size_t row = doc.find("| `tokenizer` |", head);
+  EXPECT_TRUE(row != std::string::npos && row < doc.find("\n## ", head + 1));
+}
+
+}  // namespace

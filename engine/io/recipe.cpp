@@ -569,6 +569,11 @@ const std::vector<Key>& keys() {
 
         key(KD_KEY(teacher, checkpoint), required_by_rule, path(PathKind::Checkpoint),
             "the teacher, e.g. another run's `out_dir/final`"),
+        key(KD_KEY(teacher, tokenizer), none, {},
+            "only for a teacher checkpoint that carries no tokenizer files: asserts that it was "
+            "trained with the run's tokenizer of this kind (must equal `[data] tokenizer`); a "
+            "teacher with tokenizer files is checked against the student's instead, see "
+            "docs/checkpoints.md"),
 
         key(KD_KEY(loss, ce_weight),
             Derived{"`1.0` without a teacher, `0.5` with one",
@@ -924,9 +929,13 @@ void check_student(Reader& rd, Recipe& r) {
   if (init || !all) s.n_layer = s.n_head = s.n_embd = s.block_size = 0;
 }
 
-void check_teacher(Reader& rd, Recipe&) {
+void check_teacher(Reader& rd, Recipe& r) {
   if (rd.has_section("teacher") && !rd.has("teacher", "checkpoint"))
     rd.missing("teacher", "checkpoint");
+  const std::string& tok = r.teacher.tokenizer;
+  if (!tok.empty() && !parse_choice<TokenizerKind>(tok))
+    rd.error("teacher", "tokenizer",
+             "[teacher] tokenizer must be one of \"bytes\", \"gpt2\", got \"" + tok + "\"");
 }
 
 void check_loss(Reader& rd, Recipe& r) {

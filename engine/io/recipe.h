@@ -61,6 +61,9 @@ struct Recipe {
   };
   struct Teacher {
     std::string checkpoint;  // empty: no teacher, plain CE pretraining
+    // "bytes" | "gpt2": declares the tokenizer of a teacher checkpoint that carries no tokenizer
+    // files (empty: not declared; the checkpoint's own files decide).
+    std::string tokenizer;
     bool operator==(const Teacher&) const = default;
   };
   struct Loss {

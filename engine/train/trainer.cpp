@@ -26,6 +26,7 @@
 #include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
 #include "model/checkpoint.h"
+#include "model/checkpoint_tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -68,46 +69,11 @@ std::string fmt_duration(double s) {
   return buf;
 }
 
-void fsync_path(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
 std::string read_text(const fs::path& p) {
   std::ifstream f(p);
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
-}
-
-// The tokenizer a run uses, stored in every checkpoint so eval and sample can rebuild it.
-Json tokenizer_json(const Recipe& r) {
-  Json j = Json::object();
-  j["kind"] = to_string(r.data.tokenizer);
-  j["encoder"] = r.data.encoder;
-  j["vocab_bpe"] = r.data.vocab_bpe;
-  return j;
-}
-
-std::unique_ptr<Tokenizer> tokenizer_from_checkpoint(const std::string& dir, int vocab_size) {
-  const fs::path p = fs::path(dir) / "tokenizer.json";
-  if (fs::exists(p)) {
-    try {
-      Json j = Json::parse(read_text(p));
-      const std::string kind = j.at("kind").as_string();
-      const auto k = parse_choice<TokenizerKind>(kind);
-      if (!k) throw InputError(p.string() + ": unknown tokenizer kind '" + kind + "'");
-      return make_tokenizer(*k, j.at("encoder").as_string(), j.at("vocab_bpe").as_string());
-    } catch (const JsonError& e) {
-      throw InputError(p.string() + ": " + e.what());
-    }
-  }
-  if (vocab_size == 256) return make_tokenizer(TokenizerKind::Bytes, "", "");
-  throw InputError(dir + ": no tokenizer.json, and a vocabulary of " + std::to_string(vocab_size) +
-                   " is not the byte tokenizer's 256");
 }
 
 // The model, its optimizer state and the loop's position: everything a checkpoint holds.
@@ -118,14 +84,13 @@ struct State {
   double best_val_loss = std::numeric_limits<double>::quiet_NaN();
 };
 
+// out_dir/step_NNNNNN, written whole (model/checkpoint.h), then copied to out_dir/final.
 void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::vector<float>& m,
-                      const std::vector<float>& v, const State& st, const Recipe& r) {
+                      const std::vector<float>& v, const State& st, const Recipe& r,
+                      const Tokenizer& tok) {
   const fs::path final_dir = fs::path(out_dir) / step_dir_name(st.step);
-  const fs::path tmp = fs::path(out_dir) / (".tmp-" + step_dir_name(st.step));
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  write_dir_atomically(final_dir.string(), [&](const std::string& tmp_dir) {
+    const fs::path tmp(tmp_dir);
     save_model(tmp.string(), model);
     std::vector<TensorView> opt;
     for (const auto& p : model.table()) {
@@ -133,7 +98,7 @@ void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::
       opt.push_back({"v." + p.name, p.shape, v.data() + p.offset});
     }
     write_safetensors((tmp / "optimizer.safetensors").string(), opt);
-    write_file_synced((tmp / "tokenizer.json").string(), tokenizer_json(r).dump(2) + "\n");
+    save_tokenizer_files(tmp.string(), tok, model.config().block_size);
     Json s = Json::object();
     s["step"] = st.step;
     char hex[32];
@@ -145,20 +110,8 @@ void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::
     s["recipe"] = recipe_to_toml(r);
     // Written last: a directory with trainer_state.json is a complete checkpoint.
     write_file_synced((tmp / "trainer_state.json").string(), s.dump(2) + "\n");
-    fsync_path(tmp);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
-    fs::rename(tmp, final_dir);
-    fsync_path(out_dir);
-  } catch (...) {
-    fs::remove_all(tmp, ec);  // never leave a half-written checkpoint behind
-    throw;
-  }
-  // `final` points at the newest checkpoint; swapped atomically with a rename.
-  const fs::path link = fs::path(out_dir) / "final";
-  const fs::path tmp_link = fs::path(out_dir) / ".tmp-final";
-  fs::remove(tmp_link, ec);
-  fs::create_directory_symlink(final_dir.filename(), tmp_link);
-  fs::rename(tmp_link, link);
+  });
+  publish_checkpoint_copy(final_dir.string(), (fs::path(out_dir) / "final").string());
 }
 
 // The complete checkpoints under out_dir (step_* directories holding trainer_state.json, which is
@@ -250,6 +203,7 @@ GPT2Config student_config(const Recipe& r, int vocab) {
 Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   Setup s;
   s.tok = make_tokenizer(r.data.tokenizer, r.data.encoder, r.data.vocab_bpe);
+  check_recipe_tokenizers(r, *s.tok, out);  // teacher and student init speak it too
   const int V = s.tok->vocab_size();
   if (!r.student.init.empty()) {
     s.student = std::make_unique<GPT2>(load_model(r.student.init));
@@ -531,7 +485,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
     backend->save_state(model, m, v);
-    write_checkpoint(r.run.out_dir, model, m, v, st, r);
+    write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
     prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
     sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
   };
@@ -653,9 +607,10 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out) {
   cpu::set_threads(cpu::resolve_threads(0));
   GPT2 student = load_model(ckpt);
-  auto tok = tokenizer_from_checkpoint(ckpt, student.config().vocab_size);
+  auto tok = require_checkpoint_tokenizer(ckpt, student.config().vocab_size, out);
   std::unique_ptr<GPT2> teacher;
   if (!teacher_ckpt.empty()) {
+    check_eval_teacher_tokenizer(teacher_ckpt, *tok, ckpt, out);
     teacher = std::make_unique<GPT2>(load_model(teacher_ckpt));
     if (teacher->config().vocab_size < student.config().vocab_size)
       throw InputError(
@@ -693,7 +648,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,
                         double temperature, int top_k, uint64_t seed) {
   GPT2 model = load_model(ckpt);
-  auto tok = tokenizer_from_checkpoint(ckpt, model.config().vocab_size);
+  auto tok = require_checkpoint_tokenizer(ckpt, model.config().vocab_size, std::cerr);
   std::vector<int32_t> ids = tok->encode(prompt);
   if (ids.empty()) ids.push_back(tok->eot() >= 0 ? tok->eot() : int32_t('\n'));
   const int V = model.config().vocab_size, Vtok = tok->vocab_size(),
