@@ -196,11 +196,10 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
     cpu::matmul_forward(qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
     cpu::attention_forward(atty, lse, qkv, B, T, C, NH);
     cpu::matmul_forward(attproj, atty, w.attprojw, w.attprojb, N, C, C, Layout::InOut);
-    cpu::residual_forward(res2, residual, attproj, NC);
-    cpu::layernorm_forward(ln2, a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N, res2, w.ln2w,
-                           w.ln2b, N, C);
-    cpu::matmul_forward(fch, ln2, w.fcw, w.fcb, N, C, 4 * C, Layout::InOut);
-    cpu::gelu_forward(fch_gelu, fch, 4 * NC);
+    cpu::residual_layernorm_forward(res2, ln2, a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N,
+                                    residual, attproj, w.ln2w, w.ln2b, N,
+                                    C);  // res2 = residual + attproj; ln2 = LN(res2)
+    cpu::matmul_gelu_forward(fch, fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * C);
     cpu::matmul_forward(fcproj, fch_gelu, w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
     cpu::residual_forward(res3, res2, fcproj, NC);
     residual = res3;
@@ -298,10 +297,9 @@ void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) co
     cpu::matmul_forward(qkv.data(), ln.data(), w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
     cpu::attention_forward(atty.data(), lse.data(), qkv.data(), B, T, C, NH);
     cpu::matmul_forward(proj.data(), atty.data(), w.attprojw, w.attprojb, N, C, C, Layout::InOut);
-    cpu::residual_forward(x2.data(), x.data(), proj.data(), NC);
-    cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x2.data(), w.ln2w, w.ln2b, N, C);
-    cpu::matmul_forward(fch.data(), ln.data(), w.fcw, w.fcb, N, C, 4 * C, Layout::InOut);
-    cpu::gelu_forward(gelu.data(), fch.data(), 4 * NC);
+    cpu::residual_layernorm_forward(x2.data(), ln.data(), mean.data(), rstd.data(), x.data(),
+                                    proj.data(), w.ln2w, w.ln2b, N, C);
+    cpu::matmul_gelu_forward(fch.data(), gelu.data(), ln.data(), w.fcw, w.fcb, N, C, 4 * C);
     cpu::matmul_forward(proj.data(), gelu.data(), w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
     cpu::residual_forward(x.data(), x2.data(), proj.data(), NC);
   }
