@@ -29,12 +29,14 @@ const char* kUsage =
     "1 other failure, 130 interrupted (a checkpoint was written).\n";
 
 const char* kTrainHelp =
-    "usage: kdengine train RECIPE.toml [--set section.key=value ...]\n"
+    "usage: kdengine train RECIPE.toml [--set section.key=value ...] [--overwrite]\n"
     "\n"
     "Trains the student described by the recipe (see docs/recipes.md). Each --set overrides one "
     "key,\n"
     "e.g. --set optim.lr=3e-4 --set run.device=cpu. Ctrl-C finishes the current step, writes a\n"
-    "checkpoint and exits 130; [checkpoint] resume = true continues from the newest one.\n";
+    "checkpoint and exits 130; [checkpoint] resume = true continues from the newest one.\n"
+    "A fresh run into an out_dir that holds another run is refused (exit 2); --overwrite (the\n"
+    "same as --set run.overwrite=true) deletes that run first.\n";
 
 const char* kCheckHelp =
     "usage: kdengine check RECIPE.toml [--set section.key=value ...]\n"
@@ -84,6 +86,8 @@ void parse_recipe_args(const std::vector<std::string>& args, std::string& recipe
       sets.push_back(args[++i]);
     } else if (a.rfind("--set=", 0) == 0) {
       sets.push_back(a.substr(6));
+    } else if (a == "--overwrite") {
+      sets.push_back("run.overwrite=true");
     } else if (a.rfind("--", 0) == 0) {
       throw kd::InputError("unknown option '" + a + "'");
     } else if (recipe.empty()) {

@@ -44,7 +44,8 @@ const std::vector<SectionSpec>& schema() {
        {{"name", Kind::String},
         {"out_dir", Kind::String},
         {"seed", Kind::Int},
-        {"device", Kind::String}}},
+        {"device", Kind::String},
+        {"overwrite", Kind::Bool}}},
       {"data",
        {{"train", Kind::String},
         {"val", Kind::String},
@@ -653,6 +654,7 @@ void read_run(Reader& rd, Recipe::Run& run) {
       run.seed = seed;
   }
   rd.get_enum("run", "device", run.device, {"auto", "cpu", "cuda"});
+  rd.get("run", "overwrite", run.overwrite);
 }
 
 void read_data(Reader& rd, Recipe& r) {
@@ -848,6 +850,7 @@ std::vector<Entry> flatten(const Recipe& r) {
   str("run", "out_dir", r.run.out_dir);
   integer("run", "seed", r.run.seed);
   str("run", "device", r.run.device);
+  boolean("run", "overwrite", r.run.overwrite);
   str("data", "train", r.data.train);
   if (!r.data.val.empty())
     str("data", "val", r.data.val);
@@ -935,6 +938,10 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   read_checkpoint(rd, r.checkpoint);
   read_log(rd, r.log);
   read_profile(rd, r);
+  if (r.run.overwrite && r.checkpoint.resume)
+    rd.error("run", "overwrite",
+             "[run] overwrite = true deletes the previous run that [checkpoint] resume = true "
+             "would continue; set only one of them");
 
   if (!rd.diags.empty()) {
     std::stable_sort(rd.diags.begin(), rd.diags.end(), [](const Diag& a, const Diag& b) {
@@ -984,6 +991,9 @@ std::vector<std::string> recipe_diff(const Recipe& a, const Recipe& b) {
   for (const auto& sec : schema()) {
     for (const auto& k : sec.keys) {
       const Entry key{sec.name, k.name, ""};
+      if ((key.section == "checkpoint" && key.key == "resume") ||
+          (key.section == "run" && key.key == "overwrite"))
+        continue;  // how the run starts, not what it computes
       const std::string* va = lookup(ea, key);
       const std::string* vb = lookup(eb, key);
       if ((!va && !vb) || (va && vb && *va == *vb)) continue;

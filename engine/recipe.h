@@ -17,6 +17,7 @@ struct Recipe {
     std::string out_dir;  // default: <recipe dir>/runs/<name>
     int64_t seed = 1337;
     std::string device = "auto";  // "auto" | "cpu" | "cuda"
+    bool overwrite = false;  // a fresh run may delete a previous run's outputs in out_dir
     bool operator==(const Run&) const = default;
   };
   struct Data {
@@ -126,7 +127,8 @@ std::string recipe_to_toml(const Recipe& r);
 std::string recipe_hash(const Recipe& r);
 
 // "section.key: old -> new" for every key whose value differs, in recipe order (values as TOML
-// text). A key present in only one recipe shows "(unset)" on the other side.
+// text). A key present in only one recipe shows "(unset)" on the other side. Keys that say how to
+// start the run rather than what it computes (checkpoint.resume, run.overwrite) are left out.
 std::vector<std::string> recipe_diff(const Recipe& a, const Recipe& b);
 
 }  // namespace kd

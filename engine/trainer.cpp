@@ -22,6 +22,7 @@
 #include "engine/json.h"
 #include "engine/profiler.h"
 #include "engine/rng.h"
+#include "engine/run_dir.h"
 #include "engine/safetensors.h"
 #include "engine/tensorboard.h"
 #include "engine/tokenizer.h"
@@ -450,8 +451,10 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
   bool use_cuda = r.run.device == "cuda" || (r.run.device == "auto" && dev.cuda_usable);
 
+  check_out_dir(r);  // a previous run in out_dir: refused unless resume or overwrite
   check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
+  remove_previous_run(r, out);
   GPT2& model = *s.student;
   const GPT2Config& sc = model.config();
   const int B = r.train.micro_batch, T = r.train.seq_len > 0 ? r.train.seq_len : sc.block_size;

@@ -170,4 +170,77 @@ TEST_F(CliTest, SigintWritesACheckpointAndExits130) {
   EXPECT_EQ(m.config().n_embd, 16);
 }
 
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+size_t event_files(const fs::path& tb) {
+  size_t n = 0;
+  if (fs::is_directory(tb))
+    for (const auto& e : fs::directory_iterator(tb))
+      n += e.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
+  return n;
+}
+
+// A fresh run into an out_dir that holds another run is refused with what to do, and the old run
+// is left as it was; --overwrite removes it first; resume and overwrite together are a
+// contradiction.
+TEST_F(CliTest, FreshRunIntoAUsedOutDirIsRefusedUnlessOverwrite) {
+  const fs::path p = write("r.toml", good_recipe(4) + "\n[checkpoint]\nevery = 2\nkeep_last = 3\n");
+  ASSERT_EQ(run("train " + p.string()).status, 0);
+  const fs::path out = dir_ / "out";
+  ASSERT_TRUE(fs::exists(out / "step_000002" / "trainer_state.json"));
+  const std::string weights = slurp(out / "step_000004" / "model.safetensors");
+  const std::string log = slurp(out / "log.jsonl");
+  ASSERT_EQ(event_files(out / "tb"), 1u);
+
+  Result again = run("train " + p.string() + " --set train.max_steps=3");
+  EXPECT_EQ(again.status, 2) << again.output;
+  EXPECT_NE(again.output.find("[run] out_dir " + out.string() + " already holds a run"),
+            std::string::npos)
+      << again.output;
+  EXPECT_NE(again.output.find("step_000002"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("resume = true"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("--overwrite"), std::string::npos) << again.output;
+  // Nothing was touched.
+  EXPECT_EQ(slurp(out / "step_000004" / "model.safetensors"), weights);
+  EXPECT_EQ(slurp(out / "log.jsonl"), log);
+  EXPECT_EQ(event_files(out / "tb"), 1u);
+
+  // The same through the recipe key instead of the flag is accepted too; here: the flag.
+  Result over = run("train " + p.string() + " --set train.max_steps=3 --overwrite");
+  ASSERT_EQ(over.status, 0) << over.output;
+  EXPECT_NE(over.output.find("overwrite: removed the previous run in " + out.string()),
+            std::string::npos)
+      << over.output;
+  EXPECT_FALSE(fs::exists(out / "step_000004")) << "the old run's checkpoints must be gone";
+  EXPECT_TRUE(fs::exists(out / "step_000003" / "trainer_state.json"));
+  EXPECT_EQ(event_files(out / "tb"), 1u) << "one event file: the old one was removed";
+  const std::string new_log = slurp(out / "log.jsonl");
+  EXPECT_EQ(new_log.find("\"step\":4"), std::string::npos) << new_log;
+  EXPECT_NE(new_log.find("\"step\":3"), std::string::npos) << new_log;
+
+  // A run killed before its first checkpoint leaves only log.jsonl: that is a run too.
+  fs::remove_all(dir_ / "out2");
+  fs::create_directories(dir_ / "out2");
+  std::ofstream(dir_ / "out2" / "log.jsonl") << "{\"step\":1,\"loss\":5}\n";
+  Result partial =
+      run("train " + p.string() + " --set run.out_dir=\"" + (dir_ / "out2").string() + "\"");
+  EXPECT_EQ(partial.status, 2) << partial.output;
+  EXPECT_NE(partial.output.find("log.jsonl"), std::string::npos) << partial.output;
+  // A folder with only unrelated files (or the token cache) is not a run.
+  fs::remove(dir_ / "out2" / "log.jsonl");
+  std::ofstream(dir_ / "out2" / "notes.txt") << "mine\n";
+  Result other =
+      run("train " + p.string() + " --set run.out_dir=\"" + (dir_ / "out2").string() + "\"");
+  EXPECT_EQ(other.status, 0) << other.output;
+  EXPECT_TRUE(fs::exists(dir_ / "out2" / "notes.txt"));
+
+  Result both = run("train " + p.string() + " --overwrite --set checkpoint.resume=true");
+  EXPECT_EQ(both.status, 2) << both.output;
+  EXPECT_NE(both.output.find("set only one of them"), std::string::npos) << both.output;
+  EXPECT_TRUE(fs::exists(out / "step_000003" / "trainer_state.json"));
+}
+
 }  // namespace
