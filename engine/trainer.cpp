@@ -548,6 +548,8 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   std::unique_ptr<TensorBoardWriter> tb;
   if (r.log.tensorboard)
     tb = std::make_unique<TensorBoardWriter>((fs::path(r.run.out_dir) / "tb").string());
+  // A resume makes TensorBoard discard what the interrupted run logged after the checkpoint.
+  if (tb && r.checkpoint.resume) tb->restart(st.step + 1);
   // Writes one record to log.jsonl and, for every numeric field, the matching TensorBoard scalar.
   auto emit = [&](const Json& j) {
     log << j.dump() << "\n";

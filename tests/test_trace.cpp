@@ -97,6 +97,54 @@ std::vector<std::string> split_tabs(const std::string& line) {
   return out;
 }
 
+// Leaves in $KD_KEEP_TB_DIR a run that was cut short twice and resumed each time, for ctest's
+// tensorboard_resume_python_check: three event files, and log.jsonl holding each step once.
+// Run 1 trains 12 steps (checkpoints at 4, 8, 12); the checkpoints past step 4 are then deleted, as
+// if it had been killed right after step 12's log but with only step 4 saved, and the run resumes
+// from step 4 with another learning rate (so its points differ from the orphaned ones); then
+// again from step 8 with a third. TensorBoard must show the last values of every step, once.
+TEST(Trace, ResumedRunForTensorBoard) {
+  const char* keep = std::getenv("KD_KEEP_TB_DIR");
+  if (!keep || !*keep)
+    GTEST_SKIP() << "set KD_KEEP_TB_DIR (ctest's tensorboard_resume_run_dir does)";
+  const fs::path dir = fs::temp_directory_path() / ("kd_tb_resume." + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string text;
+  for (int i = 0; text.size() < 20000; ++i)
+    text += "to be or not to be " + std::to_string(i % 7) + "\n";
+  std::ofstream(dir / "corpus.txt") << text;
+  fs::remove_all(keep);
+  const std::string recipe =
+      tiny_recipe(dir, "tb", 1, 12, "[checkpoint]\nevery = 4\nkeep_last = 5\n");
+  const fs::path out(keep);
+  auto train = [&](std::vector<std::string> sets) {
+    sets.push_back("run.out_dir=\"" + out.string() + "\"");
+    sets.push_back("train.eval_every=3");
+    sets.push_back("log.tensorboard=true");
+    std::ostringstream sink;
+    kd::train(kd::load_recipe(recipe, sets), sink);
+    return sink.str();
+  };
+  train({"optim.lr=1e-3"});
+  fs::remove_all(out / "step_000008");
+  fs::remove_all(out / "step_000012");
+  EXPECT_NE(train({"optim.lr=2e-3", "checkpoint.resume=true"}).find("at step 4"),
+            std::string::npos);
+  fs::remove_all(out / "step_000012");
+  EXPECT_NE(train({"optim.lr=3e-3", "checkpoint.resume=true"}).find("at step 8"),
+            std::string::npos);
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(out / "tb")) files += e.is_regular_file();
+  EXPECT_EQ(files, 3u);
+  std::ifstream log(out / "log.jsonl");
+  std::string line;
+  int train_records = 0;
+  while (std::getline(log, line)) train_records += line.find("\"loss\"") != std::string::npos;
+  EXPECT_EQ(train_records, 12);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 
 TEST(Trace, CategoryIdsFollowPhases) {
