@@ -219,16 +219,22 @@ std::string section_owning(std::string_view key, std::string_view except) {
   return count == 1 ? owner : "";
 }
 
+// A near match in the key's own section comes first (`warmup` in [schedule] is most likely
+// `warmup_steps`); the other section with exactly that key is named after it, or alone.
 std::string unknown_key_message(const SectionSpec& sec, std::string_view key) {
   std::string msg = "unknown key '" + std::string(key) + "' in [" + sec.name + "]";
   const std::string owner = section_owning(key, sec.name);
-  if (!owner.empty()) return msg + "; it belongs in [" + owner + "]";
   std::vector<std::pair<std::string, std::string>> c;
   for (const auto& k : sec.keys) c.emplace_back(k.name, k.name);
   for (const auto& a : aliases())
     if (std::string_view(a.section) == sec.name) c.emplace_back(a.alias, a.target);
   const std::string s = closest(key, c);
-  if (!s.empty()) msg += "; did you mean '" + s + "'?";
+  if (!s.empty()) {
+    msg += "; did you mean '" + s + "'?";
+    if (!owner.empty()) msg += " ([" + owner + "] has a key '" + std::string(key) + "')";
+    return msg;
+  }
+  if (!owner.empty()) msg += "; it belongs in [" + owner + "]";
   return msg;
 }
 
@@ -303,6 +309,21 @@ std::string trim(std::string_view s) {
   if (b == std::string_view::npos) return "";
   const auto e = s.find_last_not_of(" \t\r\n");
   return std::string(s.substr(b, e - b + 1));
+}
+
+// What a key of `kind` takes, with an override that would be accepted.
+std::string kind_example(Kind kind, const std::string& lhs) {
+  switch (kind) {
+    case Kind::Int:
+      return "an integer, e.g. --set " + lhs + "=100";
+    case Kind::Float:
+      return "a number, e.g. --set " + lhs + "=0.001";
+    case Kind::Bool:
+      return "true or false, e.g. --set " + lhs + "=true";
+    case Kind::String:
+      break;
+  }
+  return "a string, e.g. --set " + lhs + "=\"text\"";
 }
 
 // ---- the reader -----------------------------------------------------------------------------
@@ -436,10 +457,11 @@ void Reader::apply_override(uint32_t index, const std::string& text) {
   } else {
     try {
       parsed = toml::parse("v = " + rhs, std::string_view("--set"));
-    } catch (const toml::parse_error& e) {
-      diags.push_back(
-          {1, index, 0,
-           where + "cannot parse the value '" + rhs + "': " + std::string(e.description())});
+    } catch (const toml::parse_error&) {
+      // toml++'s own description ("could not determine value type") says nothing about the key.
+      diags.push_back({1, index, 0,
+                       where + "cannot read '" + rhs + "' as a TOML value; [" + sec + "] " + key +
+                           " expects " + kind_example(kspec->kind, lhs)});
       return;
     }
     if (parsed.size() != 1 || !parsed.get("v")) {

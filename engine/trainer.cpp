@@ -70,6 +70,11 @@ std::string fmt_duration(double s) {
   return buf;
 }
 
+// "1 layer", "2 layers".
+std::string count_of(int64_t n, const char* noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 void fsync_path(const fs::path& p) {
   int fd = ::open(p.c_str(), O_RDONLY);
   if (fd >= 0) {
@@ -581,12 +586,13 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   if (r.profile.enabled)
     profiler::configure(true, r.profile.wait, r.profile.warmup, r.profile.active, r.run.out_dir);
 
-  out << "student: " << sc.n_layer << " layers, " << sc.n_head << " heads, " << sc.n_embd
-      << " dims, vocab " << sc.vocab_size << ", " << sc.num_parameters() << " parameters\n";
+  out << "student: " << count_of(sc.n_layer, "layer") << ", " << count_of(sc.n_head, "head") << ", "
+      << sc.n_embd << " dims, vocab " << sc.vocab_size << ", " << sc.num_parameters()
+      << " parameters\n";
   if (s.teacher) {
     const GPT2Config& tc = s.teacher->config();
-    out << "teacher: " << tc.n_layer << " layers, " << tc.n_head << " heads, " << tc.n_embd
-        << " dims, " << tc.num_parameters() << " parameters\n";
+    out << "teacher: " << count_of(tc.n_layer, "layer") << ", " << count_of(tc.n_head, "head")
+        << ", " << tc.n_embd << " dims, " << tc.num_parameters() << " parameters\n";
     KD_RANGE_P("eval", Phase::Eval, st.step);
     EvalStats te = gpu ? evaluate_gpu(*gpu, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f)
                        : evaluate(model, s.teacher.get(), s.val_tokens, B, T, r.train.eval_batches,
@@ -734,14 +740,18 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   summary["wall_seconds"] = sum.wall_seconds;
   summary["interrupted"] = sum.interrupted;
   write_file_synced((fs::path(r.run.out_dir) / "summary.json").string(), summary.dump(2) + "\n");
-  out << "done: " << st.step << " steps, best val loss " << std::fixed << std::setprecision(4)
-      << sum.best_val_loss << ", " << st.tokens_seen << " tokens seen, wall time "
-      << fmt_duration(sum.wall_seconds) << std::defaultfloat << "\n";
+  std::ostringstream best;  // no "nan" when no evaluation ran (e.g. Ctrl-C before the first)
+  if (std::isfinite(sum.best_val_loss))
+    best << "best val loss " << std::fixed << std::setprecision(4) << sum.best_val_loss;
+  else
+    best << "no evaluation ran";
+  out << "done: " << count_of(st.step, "step") << ", " << best.str() << ", " << st.tokens_seen
+      << " tokens seen, wall time " << fmt_duration(sum.wall_seconds) << "\n";
   return sum;
 }
 
 void print_check(const Recipe& r, std::ostream& out) {
-  out << "# resolved recipe\n" << recipe_to_toml(r) << "\n";
+  out << recipe_to_toml(r) << "\n";  // its first line says what it is
   Setup s = prepare(r, out, false);
   const GPT2Config& sc = s.student->config();
   const int B = r.train.micro_batch, T = r.train.seq_len > 0 ? r.train.seq_len : sc.block_size;

@@ -123,9 +123,17 @@ TEST_F(CliTest, TrainCheckEvalSample) {
   Result c = run("check " + p.string());
   EXPECT_EQ(c.status, 0) << c.output;
   EXPECT_NE(c.output.find("memory plan"), std::string::npos) << c.output;
+  // The resolved recipe comes with one header line, not two.
+  size_t headers = 0;
+  for (size_t at = 0; (at = c.output.find("resolved recipe", at)) != std::string::npos; ++at)
+    ++headers;
+  EXPECT_EQ(headers, 1u) << c.output;
   Result t = run("train " + p.string());
   ASSERT_EQ(t.status, 0) << t.output;
   EXPECT_NE(t.output.find("step 4/4"), std::string::npos) << t.output;
+  // Counts agree with their nouns: the test model has one layer.
+  EXPECT_NE(t.output.find("student: 1 layer, 2 heads, 16 dims"), std::string::npos) << t.output;
+  EXPECT_EQ(t.output.find("1 layers"), std::string::npos) << t.output;
   Result e = run("eval " + (dir_ / "out" / "final").string() + " --data " +
                  (dir_ / "corpus.txt").string() + " --batches 2");
   EXPECT_EQ(e.status, 0) << e.output;
@@ -166,6 +174,11 @@ TEST_F(CliTest, SigintWritesACheckpointAndExits130) {
   EXPECT_EQ(WEXITSTATUS(st), 130);
   const fs::path final_dir = dir_ / "out" / "final";
   ASSERT_TRUE(fs::exists(final_dir / "trainer_state.json"));
+  // eval_every = 0: no evaluation ran before Ctrl-C, and the summary says so instead of "nan".
+  std::ifstream f(dir_ / "run.log");
+  const std::string log((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(log.find("no evaluation ran"), std::string::npos) << log;
+  EXPECT_EQ(log.find("nan"), std::string::npos) << log;
   kd::GPT2 m = kd::load_model(final_dir.string());
   EXPECT_EQ(m.config().n_embd, 16);
 }

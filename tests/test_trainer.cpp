@@ -111,6 +111,8 @@ TEST_F(TrainerTest, TwentyStepsEqualTenPlusResumePlusTen) {
   EXPECT_NE(resumed_out.str().find("at step 10"), std::string::npos) << resumed_out.str();
   EXPECT_NE(resumed_out.str().find("checkpoint.keep_last: 3 -> 4"), std::string::npos)
       << resumed_out.str();
+  // Switching resume on is how the run continues, not a change of the run.
+  EXPECT_EQ(resumed_out.str().find("checkpoint.resume"), std::string::npos) << resumed_out.str();
 
   kd::GPT2 x = kd::load_model((dir_ / "straight" / "step_000020").string());
   kd::GPT2 y = kd::load_model((dir_ / "resumed" / "step_000020").string());
