@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/eval.h"
 #include "engine/recipe.h"
 #include "engine/trainer.h"
 
@@ -21,7 +22,7 @@ const char* kUsage =
     "usage:\n"
     "  kdengine train RECIPE.toml [--set section.key=value ...]   train (the main job)\n"
     "  kdengine check RECIPE.toml [--set section.key=value ...]   validate and plan memory\n"
-    "  kdengine eval CKPT --data FILE [--teacher CKPT] [--batches N]\n"
+    "  kdengine eval CKPT... (--recipe RECIPE.toml | --data FILE) [--teacher CKPT] [--batches N]\n"
     "  kdengine sample CKPT --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "  kdengine RECIPE.toml                                       shorthand for train\n"
     "\n"
@@ -46,13 +47,18 @@ const char* kCheckHelp =
     "parameter counts of teacher and student, and a memory plan.\n";
 
 const char* kEvalHelp =
-    "usage: kdengine eval CKPT --data FILE [--teacher CKPT] [--batches N]\n"
+    "usage: kdengine eval CKPT [CKPT ...] --recipe RECIPE.toml [--teacher CKPT] [--batches N|all]\n"
+    "       kdengine eval CKPT [CKPT ...] --data FILE [--teacher CKPT] [--batches N|all]\n"
     "\n"
-    "Held-out loss and perplexity of the checkpoint directory CKPT on FILE (a text file, a folder "
-    "of\n"
-    "text files or a token shard). With --teacher, also the teacher's loss and "
-    "KL(teacher||student)\n"
-    "at T = 1. --batches: evaluation windows of 4 x block_size tokens (default 16).\n";
+    "Held-out loss and perplexity of each checkpoint directory, in one table. --recipe: on "
+    "exactly\n"
+    "the recipe's held-out split, as the trainer evaluates (micro_batch x seq_len windows, "
+    "[train]\n"
+    "eval_batches of them, KL at [loss] temperature, the recipe's teacher): the numbers of the\n"
+    "training log. --data: a text file, a folder of text files or a token shard, in windows of\n"
+    "4 x block_size tokens (16 batches by default), KL at T = 1. --teacher adds the teacher's "
+    "loss\n"
+    "and KL(teacher||student). --batches all: every window of the data once.\n";
 
 const char* kSampleHelp =
     "usage: kdengine sample CKPT --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed "
@@ -160,12 +166,7 @@ int run(const std::string& cmd, const std::vector<std::string>& args) {
   }
   if (cmd == "eval") {
     if (has_help(args)) return std::cout << kEvalHelp, kOk;
-    Options o = parse_options(args, {"--data", "--teacher", "--batches"});
-    if (o.positional.empty()) throw kd::InputError("eval: missing CKPT");
-    const std::string data = o.get("--data", "");
-    if (data.empty()) throw kd::InputError("eval: missing --data FILE");
-    kd::evaluate_checkpoint(o.positional, data, o.get("--teacher", ""),
-                            int(to_number("--batches", o.get("--batches", "16"))), std::cout);
+    kd::eval_command(args, std::cout);
     return kOk;
   }
   if (cmd == "sample") {

@@ -262,6 +262,19 @@ GPT2Config student_config(const Recipe& r, int vocab) {
   return c;
 }
 
+// The recipe's train and held-out tokens: [data] val, or the last val_fraction of [data] train.
+TokenSplit recipe_tokens(const Recipe& r, const Tokenizer& tok) {
+  const std::string cache =
+      r.data.cache_dir.empty() ? (fs::path(r.run.out_dir) / "cache").string() : r.data.cache_dir;
+  TokenSplit split;
+  split.train = load_tokens(r.data.train, tok, cache).tokens;
+  if (r.data.val.empty())
+    split = split_tokens(split.train, r.data.val_fraction);
+  else
+    split.val = load_tokens(r.data.val, tok, cache).tokens;
+  return split;
+}
+
 // Loads tokenizer, data, student and teacher, and checks what only the files can tell.
 Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   Setup s;
@@ -305,16 +318,9 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   s.loss.t2_scaling = r.loss.t2_scaling;
   if (!load_data) return s;
 
-  std::string cache =
-      r.data.cache_dir.empty() ? (fs::path(r.run.out_dir) / "cache").string() : r.data.cache_dir;
-  s.train_tokens = load_tokens(r.data.train, *s.tok, cache).tokens;
-  if (r.data.val.empty()) {
-    TokenSplit split = split_tokens(s.train_tokens, r.data.val_fraction);
-    s.train_tokens = std::move(split.train);
-    s.val_tokens = std::move(split.val);
-  } else {
-    s.val_tokens = load_tokens(r.data.val, *s.tok, cache).tokens;
-  }
+  TokenSplit split = recipe_tokens(r, *s.tok);
+  s.train_tokens = std::move(split.train);
+  s.val_tokens = std::move(split.val);
   for (const auto* v : {&s.train_tokens, &s.val_tokens})
     if (v->size() < static_cast<size_t>(T) + 1)
       throw InputError("[data] " + std::string(v == &s.train_tokens ? "train" : "val") + " has " +
@@ -782,6 +788,25 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  loss workspace     " << mib(double(tlogits))
       << "  (teacher logits of one micro-batch)\n";
   out << "  total              " << mib(P * 16.0 + act + tp * 4.0 + tscratch + tlogits) << "\n";
+}
+
+std::vector<uint16_t> held_out_tokens(const Recipe& r) {
+  auto tok = make_tokenizer(tokenizer_kind(r.data.tokenizer), r.data.encoder, r.data.vocab_bpe);
+  return recipe_tokens(r, *tok).val;
+}
+
+EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
+                          int B, int T, int batches, float temperature) {
+  const EvalStats e = evaluate(student, teacher, tokens, B, T, batches, temperature);
+  EvalResult res;
+  res.loss = e.student_ce;
+  res.perplexity = std::exp(e.student_ce);
+  res.kl = e.kl;
+  res.tokens = e.tokens;
+  if (teacher)
+    res.teacher_loss =
+        evaluate(student, teacher, tokens, B, T, batches, temperature, false).teacher_ce;
+  return res;
 }
 
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,

@@ -1,6 +1,7 @@
 // The distillation trainer: a recipe in, a distilled student out. Every optimizer step draws
-// grad_accum micro-batches, runs the frozen teacher forward on the same tokens, and trains the student
-// on ce_weight·CE + kd_weight·s(T)·D(p_T, q_T) normalised by the supervised tokens of the whole step.
+// grad_accum micro-batches, runs the frozen teacher forward on the same tokens, and trains the
+// student on ce_weight·CE + kd_weight·s(T)·D(p_T, q_T) normalised by the supervised tokens of the
+// whole step.
 //
 // out_dir holds: step_NNNNNN/ checkpoints (model.safetensors + config.json loadable by HF
 // transformers, optimizer.safetensors, trainer_state.json, tokenizer.json), `final` (a link to the
@@ -21,19 +22,19 @@
 namespace kd {
 
 struct TrainSummary {
-  int64_t steps_done = 0;      // optimizer steps completed (including resumed ones)
-  double best_val_loss = 0;    // lowest student held-out loss seen (NaN when never evaluated)
-  double final_val_loss = 0;   // held-out loss after the last step
-  double teacher_val_loss = 0; // NaN without a teacher
+  int64_t steps_done = 0;       // optimizer steps completed (including resumed ones)
+  double best_val_loss = 0;     // lowest student held-out loss seen (NaN when never evaluated)
+  double final_val_loss = 0;    // held-out loss after the last step
+  double teacher_val_loss = 0;  // NaN without a teacher
   int64_t tokens_seen = 0;
   double wall_seconds = 0;
-  bool interrupted = false;    // stopped by SIGINT after writing a checkpoint
-  std::string last_checkpoint; // directory of the newest checkpoint
+  bool interrupted = false;     // stopped by SIGINT after writing a checkpoint
+  std::string last_checkpoint;  // directory of the newest checkpoint
 };
 
 // Runs the recipe. Progress goes to `out`. Throws InputError for bad input (data, checkpoints,
-// contradictions found only when files are opened) and std::runtime_error for failures during the run
-// (a NaN loss, a write that fails); neither damages existing checkpoints.
+// contradictions found only when files are opened) and std::runtime_error for failures during the
+// run (a NaN loss, a write that fails); neither damages existing checkpoints.
 TrainSummary train(const Recipe& recipe, std::ostream& out);
 
 // Set by the SIGINT handler that the command line installs; the trainer finishes the current step,
@@ -53,11 +54,23 @@ void print_check(const Recipe& recipe, std::ostream& out);
 // Held-out loss of a checkpoint on a data file: `kdengine eval`.
 struct EvalResult {
   double loss = 0, perplexity = 0;
-  double teacher_loss = 0, kl = 0;  // with a teacher: its loss and KL(p_teacher || q_student), T = 1
+  double teacher_loss = 0,
+         kl = 0;  // with a teacher: its loss and KL(p_teacher || q_student), T = 1
   int64_t tokens = 0;
 };
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out);
+
+// The held-out tokens the trainer evaluates on for recipe r ([data] val, or the val_fraction split
+// of [data] train), tokenized with the recipe's tokenizer. Throws InputError for bad data.
+std::vector<uint16_t> held_out_tokens(const Recipe& r);
+
+// The trainer's evaluation of `student` on `batches` fixed windows of B x T tokens of `tokens`
+// (BatchSampler::eval_batch): mean CE, and with a teacher the teacher's CE and
+// KL(p_teacher || q_student) at `temperature`. With the recipe's B, T, eval_batches and
+// temperature it gives the numbers of the trainer's eval records.
+EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
+                          int B, int T, int batches, float temperature);
 
 // Text from a checkpoint: `kdengine sample`.
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,

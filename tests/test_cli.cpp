@@ -8,11 +8,14 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/rng.h"
 #include "model/checkpoint.h"
@@ -254,6 +257,88 @@ TEST_F(CliTest, FreshRunIntoAUsedOutDirIsRefusedUnlessOverwrite) {
   EXPECT_EQ(both.status, 2) << both.output;
   EXPECT_NE(both.output.find("set only one of them"), std::string::npos) << both.output;
   EXPECT_TRUE(fs::exists(out / "step_000003" / "trainer_state.json"));
+}
+
+// The numbers of one table row: loss, perplexity[, KL] for the line that starts with `name `.
+std::vector<double> row_of(const std::string& table, const std::string& name) {
+  std::istringstream in(table);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(name + " ", 0) != 0) continue;
+    std::istringstream f(line.substr(name.size()));
+    std::vector<double> v;
+    for (double x; f >> x;) v.push_back(x);
+    return v;
+  }
+  return {};
+}
+
+// The value of `key` in the log.jsonl record with "step": step that has it.
+double logged(const fs::path& log, int step, const std::string& key) {
+  std::ifstream f(log);
+  for (std::string line; std::getline(f, line);) {
+    if (line.find("\"step\":" + std::to_string(step) + ",") == std::string::npos) continue;
+    const auto at = line.find("\"" + key + "\":");
+    if (at != std::string::npos) return std::stod(line.substr(at + key.size() + 3));
+  }
+  ADD_FAILURE() << "no " << key << " at step " << step << " in " << log;
+  return NAN;
+}
+
+// eval --recipe evaluates on the recipe's held-out split exactly as the trainer does: each
+// checkpoint's row equals the trainer's eval record at that step (student loss, KL at the recipe's
+// temperature, the teacher's loss), several checkpoints go into one table, --batches 0 is refused.
+TEST_F(CliTest, EvalOnTheRecipesHeldOutSplitMatchesTraining) {
+  const fs::path t = write("teacher.toml", good_recipe(6));
+  ASSERT_EQ(run("train " + t.string()).status, 0);
+  std::string kd = good_recipe(4);
+  kd.replace(kd.find(dir_.string() + "/out\""), (dir_ / "out").string().size() + 1,
+             (dir_ / "kd").string() + "\"");
+  kd.replace(kd.find("eval_every = 0"), 14, "eval_every = 2");
+  kd.replace(kd.find("eval_batches = 1"), 16, "eval_batches = 3");
+  kd += "\n[teacher]\ncheckpoint = \"" + (dir_ / "out" / "final").string() +
+        "\"\n\n[loss]\ntemperature = 2.0\n\n[checkpoint]\nevery = 2\nkeep_last = 2\n";
+  const fs::path k = write("kd.toml", kd);
+  Result tr = run("train " + k.string());
+  ASSERT_EQ(tr.status, 0) << tr.output;
+  const fs::path log = dir_ / "kd" / "log.jsonl";
+  const std::string s2 = (dir_ / "kd" / "step_000002").string();
+  const std::string s4 = (dir_ / "kd" / "step_000004").string();
+  Result e = run("eval " + s2 + " " + s4 + " --recipe " + k.string());
+  ASSERT_EQ(e.status, 0) << e.output;
+  EXPECT_NE(e.output.find("3 batches of 2 x 16 tokens"), std::string::npos) << e.output;
+  for (const auto& [ckpt, step] : {std::pair{s2, 2}, std::pair{s4, 4}}) {
+    const std::vector<double> row = row_of(e.output, ckpt);
+    ASSERT_EQ(row.size(), 4u) << ckpt << "\n" << e.output;  // loss, perplexity, KL, tokens
+    EXPECT_NEAR(row[0], logged(log, step, "val_loss"), 5e-5) << e.output;
+    EXPECT_NEAR(row[1], std::exp(row[0]), 1e-3 * row[1]);
+    EXPECT_NEAR(row[2], logged(log, step, "val_kl"), 5e-5) << e.output;
+    EXPECT_EQ(row[3], 3 * 2 * 16);
+  }
+  const std::vector<double> teacher =
+      row_of(e.output, "(teacher) " + (dir_ / "out" / "final").string());
+  ASSERT_EQ(teacher.size(), 3u) << e.output;
+  EXPECT_NEAR(teacher[0], logged(log, 4, "teacher_val_loss"), 5e-5) << e.output;
+
+  Result zero = run("eval " + s4 + " --recipe " + k.string() + " --batches 0");
+  EXPECT_EQ(zero.status, 2) << zero.output;
+  EXPECT_NE(zero.output.find("--batches: expected an integer >= 1 or 'all', got '0'"),
+            std::string::npos)
+      << zero.output;
+  Result neither = run("eval " + s4);
+  EXPECT_EQ(neither.status, 2) << neither.output;
+  EXPECT_NE(neither.output.find("--recipe"), std::string::npos) << neither.output;
+  Result both =
+      run("eval " + s4 + " --recipe " + k.string() + " --data " + (dir_ / "corpus.txt").string());
+  EXPECT_EQ(both.status, 2) << both.output;
+  // --batches all covers every window of the split once.
+  Result all = run("eval " + s4 + " --recipe " + k.string() + " --batches all");
+  ASSERT_EQ(all.status, 0) << all.output;
+  EXPECT_NE(all.output.find("every window once"), std::string::npos) << all.output;
+  // --data also takes several checkpoints.
+  Result data = run("eval " + s2 + " " + s4 + " --data " + (dir_ / "corpus.txt").string());
+  ASSERT_EQ(data.status, 0) << data.output;
+  EXPECT_EQ(row_of(data.output, s2).size(), 3u) << data.output;
+  EXPECT_EQ(row_of(data.output, s4).size(), 3u) << data.output;
 }
 
 }  // namespace
