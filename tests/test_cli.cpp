@@ -341,4 +341,29 @@ TEST_F(CliTest, EvalOnTheRecipesHeldOutSplitMatchesTraining) {
   EXPECT_EQ(row_of(data.output, s4).size(), 3u) << data.output;
 }
 
+// --version: the version, the commit the build was configured from (the source tree's HEAD) and
+// whether CUDA is built in, matching how this test binary was built.
+TEST_F(CliTest, VersionNamesCommitAndCuda) {
+  Result v = run("--version");
+  ASSERT_EQ(v.status, 0) << v.output;
+  EXPECT_EQ(v.output.rfind("kdengine 0.", 0), 0u) << v.output;
+#ifdef KD_WITH_CUDA
+  EXPECT_NE(v.output.find("\nCUDA built in"), std::string::npos) << v.output;
+#else
+  EXPECT_NE(v.output.find("\nCUDA not built in"), std::string::npos) << v.output;
+#endif
+  // The commit: git's own answer for the source tree, when git and the repository are there.
+  FILE* p = ::popen(
+      ("git -C '" + std::string(KD_SOURCE_DIR) + "' rev-parse --short=12 HEAD 2>/dev/null").c_str(),
+      "r");
+  char buf[64] = {};
+  const bool got = p && std::fgets(buf, sizeof buf, p) != nullptr;
+  if (p) ::pclose(p);
+  if (!got) GTEST_SKIP() << "no git here to compare the commit with";
+  std::string head(buf);
+  head.erase(head.find_last_not_of("\n") + 1);
+  ASSERT_EQ(head.size(), 12u);
+  EXPECT_NE(v.output.find("\ncommit " + head), std::string::npos) << v.output << " vs " << head;
+}
+
 }  // namespace
