@@ -649,9 +649,9 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   auto window_start = Clock::now();
   while (st.step < r.train.max_steps) {
     const auto step_start = Clock::now();
-    profiler::StepScope step_scope(st.step);
+    profiler::StepScope step_scope(st.step + 1);  // steps count from 1, as in the log
     {
-      KD_RANGE_P("data", Phase::Data, st.step);
+      KD_RANGE_P("data", Phase::Data, st.step + 1);
       for (int a = 0; a < A; ++a) sampler.next(B, T, inputs.data() + a * N, targets.data() + a * N);
     }
     int64_t rows = 0;
@@ -672,7 +672,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
       loss = ls.loss / double(std::max<int64_t>(1, rows));
       norm = cpu::global_norm(model.grads.data(), model.grads.size());
       if (!std::isfinite(loss) || !std::isfinite(norm)) throw_non_finite(r, st.step, loss);
-      KD_RANGE_P("optimizer", Phase::Optimizer, st.step);
+      KD_RANGE_P("optimizer", Phase::Optimizer, st.step + 1);
       const float clip = float(r.optim.grad_clip);
       const float scale = (clip > 0 && norm > clip) ? float(clip / norm) : 1.0f;
       opt.lr = float(lr);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/json.h"
 #include "engine/profiler.h"
 #include "engine/recipe.h"
 #include "engine/trace.h"
@@ -142,6 +143,28 @@ TEST(Trace, ResumedRunForTensorBoard) {
   int train_records = 0;
   while (std::getline(log, line)) train_records += line.find("\"loss\"") != std::string::npos;
   EXPECT_EQ(train_records, 12);
+  fs::remove_all(dir);
+}
+
+// The profiler numbers steps as the log does, from 1: with wait = 1 and warmup = 1 the active
+// window of 2 steps is the log's steps 3 and 4.
+TEST(Trace, ProfilerCountsStepsFromOneLikeTheLog) {
+  const fs::path dir = fs::temp_directory_path() / ("kd_prof_steps." + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string text;
+  for (int i = 0; text.size() < 20000; ++i)
+    text += "all the world's a stage " + std::to_string(i % 3) + "\n";
+  std::ofstream(dir / "corpus.txt") << text;
+  std::ostringstream out;
+  kd::train(kd::load_recipe(tiny_recipe(
+                dir, "p", 1, 5, "[profile]\nenabled = true\nwait = 1\nwarmup = 1\nactive = 2\n")),
+            out);
+  std::ifstream f(dir / "p" / "profile.json");
+  const std::string pj((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const kd::Json j = kd::Json::parse(pj);
+  EXPECT_EQ(j.at("first_step").as_int(), 3) << pj.substr(0, 300);
+  EXPECT_EQ(j.at("last_step").as_int(), 4);
   fs::remove_all(dir);
 }
 
@@ -284,7 +307,7 @@ TEST(NvtxInjection, RangesInKdengineDomain) {
   std::set<std::string> want_layers, want_steps;
   for (int l = 0; l < std::max(kStudentLayers, kTeacherLayers); ++l)
     want_layers.insert(std::to_string(l));
-  for (int s = 0; s <= kSteps; ++s) want_steps.insert(std::to_string(s));  // 0-based step index
+  for (int s = 1; s <= kSteps + 1; ++s) want_steps.insert(std::to_string(s));  // from 1, as the log
   EXPECT_EQ(payloads["layer"], want_layers);
   EXPECT_EQ(payloads["step"], want_steps);
   EXPECT_EQ(payloads["attention_forward"], std::set<std::string>{"-"});  // KD_OP: no payload
