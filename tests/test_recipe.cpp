@@ -674,10 +674,9 @@ TEST_F(RecipeTest, DiffLeavesOutResumeAndOverwrite) {
 // The shipped recipes load once the files they name exist. A distillation recipe's teacher is
 // another run's output: point it at a stand-in checkpoint.
 TEST_F(RecipeTest, ShippedRecipesLoad) {
-  const fs::path shared(KD_SHARED_DATA);
-  if (!fs::exists(shared / "tinyshakespeare/input.txt") ||
-      !fs::exists(shared / "gpt2-bpe/encoder.json"))
-    GTEST_SKIP() << "the shared corpora are not present";
+  const fs::path data = fs::path(KD_SOURCE_DIR) / "data";  // where tools/get_data.sh puts them
+  if (!fs::exists(data / "tinyshakespeare/input.txt") || !fs::exists(data / "gpt2-bpe/encoder.json"))
+    GTEST_SKIP() << "no corpora in " << data << "; run tools/get_data.sh";
   const std::string recipes = std::string(KD_SOURCE_DIR) + "/recipes/";
   const std::string stand_in = "teacher.checkpoint=" + abs("teacher_ckpt");
   const kd::Recipe t = kd::load_recipe(recipes + "tinyshakespeare_teacher.toml");
@@ -694,6 +693,10 @@ TEST_F(RecipeTest, ShippedRecipesLoad) {
   EXPECT_EQ(gk.student.n_layer, 6);
   EXPECT_EQ(gk.student.n_embd, 384);
   EXPECT_EQ(gk.data.encoder, g.data.encoder);
+  // They read data/ in the repository, nothing outside it.
+  EXPECT_EQ(t.data.train, (data / "tinyshakespeare/input.txt").lexically_normal().string());
+  EXPECT_EQ(g.data.encoder, (data / "gpt2-bpe/encoder.json").lexically_normal().string());
+  EXPECT_EQ(g.data.vocab_bpe, (data / "gpt2-bpe/vocab.bpe").lexically_normal().string());
   // Each distillation recipe's teacher is its teacher recipe's out_dir/final: either it loads as
   // is (the teacher was trained) or that path is the one complaint.
   for (const auto& [kd_name, teacher] :
