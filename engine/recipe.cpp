@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 
 // ---- schema ---------------------------------------------------------------------------------
 
-enum class Kind { Int, Float, Bool, String };
+enum class Kind { Int, Float, Bool, String, IntArray };
 
 struct KeySpec {
   const char* name;
@@ -59,7 +59,8 @@ const std::vector<SectionSpec>& schema() {
         {"n_layer", Kind::Int},
         {"n_head", Kind::Int},
         {"n_embd", Kind::Int},
-        {"block_size", Kind::Int}}},
+        {"block_size", Kind::Int},
+        {"teacher_layers", Kind::IntArray}}},
       {"teacher", {{"checkpoint", Kind::String}}},
       {"loss",
        {{"ce_weight", Kind::Float},
@@ -320,6 +321,8 @@ std::string kind_example(Kind kind, const std::string& lhs) {
       return "a number, e.g. --set " + lhs + "=0.001";
     case Kind::Bool:
       return "true or false, e.g. --set " + lhs + "=true";
+    case Kind::IntArray:
+      return "an array of integers, e.g. --set " + lhs + "=[0,2]";
     case Kind::String:
       break;
   }
@@ -349,6 +352,7 @@ class Reader {
   bool get(const char* sec, const char* key, double& out);
   bool get(const char* sec, const char* key, bool& out);
   bool get(const char* sec, const char* key, std::string& out);
+  bool get(const char* sec, const char* key, std::vector<int>& out);
 
   // Integer in [lo, INT_MAX] stored into out; false when absent or invalid (invalid is reported).
   bool get_int(const char* sec, const char* key, int& out, int lo);
@@ -556,6 +560,32 @@ bool Reader::get(const char* sec, const char* key, std::string& out) {
   return true;
 }
 
+bool Reader::get(const char* sec, const char* key, std::vector<int>& out) {
+  const toml::node* n = node(sec, key);
+  if (!n) return false;
+  const toml::array* a = n->as_array();
+  bool ok = a != nullptr;
+  if (a)
+    for (const toml::node& e : *a) ok = ok && e.is_integer();
+  if (!ok) {
+    type_error(sec, key, "an array of integers", *n);
+    return false;
+  }
+  std::vector<int> values;
+  for (const toml::node& e : *a) {
+    const int64_t v = e.as_integer()->get();
+    if (v < 0 || v > INT_MAX) {
+      error(sec, key,
+            "[" + std::string(sec) + "] " + key + ": every entry must be >= 0, got " +
+                std::to_string(v));
+      return false;
+    }
+    values.push_back(static_cast<int>(v));
+  }
+  out = std::move(values);
+  return true;
+}
+
 bool Reader::get_int(const char* sec, const char* key, int& out, int lo) {
   int64_t v = 0;
   if (!get(sec, key, v)) return false;
@@ -714,6 +744,21 @@ void read_data(Reader& rd, Recipe& r) {
 void read_student(Reader& rd, Recipe::Student& s) {
   const char* dims[] = {"n_layer", "n_head", "n_embd", "block_size"};
   int* outs[] = {&s.n_layer, &s.n_head, &s.n_embd, &s.block_size};
+  // Layers of the teacher to start from (DistilBERT-style); checked against the teacher's
+  // config.json when the trainer loads it.
+  if (rd.get("student", "teacher_layers", s.teacher_layers)) {
+    if (!rd.has_section("teacher"))
+      rd.error("student", "teacher_layers",
+               "[student] teacher_layers copies layers of the teacher, but there is no [teacher] "
+               "section");
+    else if (s.teacher_layers.empty())
+      rd.error(
+          "student", "teacher_layers",
+          "[student] teacher_layers is empty; list the teacher's layers to copy, or remove it");
+    if (rd.has("student", "init"))
+      rd.error("student", "teacher_layers",
+               "[student] teacher_layers and init are two ways to start the student; give one");
+  }
   if (rd.has("student", "init")) {
     if (rd.get_path("student", "init", s.init))
       rd.check_exists("student", "init", s.init, Reader::Want::Checkpoint);
@@ -740,6 +785,11 @@ void read_student(Reader& rd, Recipe::Student& s) {
       if (!rd.has("student", dims[i])) rd.missing("student", dims[i]);
     }
   }
+  if (all_ok && !s.teacher_layers.empty() && int(s.teacher_layers.size()) != s.n_layer)
+    rd.error("student", "teacher_layers",
+             "[student] teacher_layers lists " + std::to_string(s.teacher_layers.size()) +
+                 (s.teacher_layers.size() == 1 ? " layer" : " layers") + " but n_layer = " +
+                 std::to_string(s.n_layer) + "; give one teacher layer per student layer");
   if (all_ok && s.n_embd % s.n_head != 0)
     rd.error("student", "n_embd",
              "[student] n_embd (" + std::to_string(s.n_embd) + ") must be divisible by n_head (" +
@@ -889,6 +939,12 @@ std::vector<Entry> flatten(const Recipe& r) {
     integer("student", "n_head", r.student.n_head);
     integer("student", "n_embd", r.student.n_embd);
     integer("student", "block_size", r.student.block_size);
+    if (!r.student.teacher_layers.empty()) {
+      std::string list = "[";
+      for (size_t i = 0; i < r.student.teacher_layers.size(); ++i)
+        list += (i ? ", " : "") + std::to_string(r.student.teacher_layers[i]);
+      e.push_back({"student", "teacher_layers", list + "]"});
+    }
   }
   if (r.has_teacher()) str("teacher", "checkpoint", r.teacher.checkpoint);
   num("loss", "ce_weight", r.loss.ce_weight);

@@ -17,7 +17,7 @@ struct Recipe {
     std::string out_dir;  // default: <recipe dir>/runs/<name>
     int64_t seed = 1337;
     std::string device = "auto";  // "auto" | "cpu" | "cuda"
-    bool overwrite = false;  // a fresh run may delete a previous run's outputs in out_dir
+    bool overwrite = false;       // a fresh run may delete a previous run's outputs in out_dir
     bool operator==(const Run&) const = default;
   };
   struct Data {
@@ -38,6 +38,9 @@ struct Recipe {
     int n_embd = 0;
     int block_size = 0;
     int vocab_size = 0;  // from the tokenizer: bytes 256, gpt2 50257
+    // Start from these layers of the teacher (one per student layer, in order), with its
+    // embeddings and final layernorm: the student must have the teacher's width. Empty: random.
+    std::vector<int> teacher_layers;
     bool operator==(const Student&) const = default;
   };
   struct Teacher {

@@ -24,9 +24,11 @@
 #include "engine/rng.h"
 #include "engine/run_dir.h"
 #include "engine/safetensors.h"
+#include "engine/student_init.h"
 #include "engine/tensorboard.h"
 #include "engine/tokenizer.h"
 #include "engine/trace.h"
+#include "engine/train_log.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -309,6 +311,9 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
     if (T > tc.block_size)
       throw InputError("[train] seq_len = " + std::to_string(T) +
                        " exceeds the teacher's block_size " + std::to_string(tc.block_size));
+    if (!r.student.teacher_layers.empty())  // DistilBERT-style start (engine/student_init.h)
+      init_from_teacher_layers(*s.student, *s.teacher, r.student.teacher_layers,
+                               r.teacher.checkpoint);
   }
   s.loss.ce_weight = static_cast<float>(r.loss.ce_weight);
   s.loss.kd_weight = r.has_teacher() ? static_cast<float>(r.loss.kd_weight) : 0.0f;
@@ -647,6 +652,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   const int64_t first_step = st.step;
   int64_t window_tokens = 0;
   auto window_start = Clock::now();
+  LogWindow log_window;
   while (st.step < r.train.max_steps) {
     const auto step_start = Clock::now();
     profiler::StepScope step_scope(st.step + 1);  // steps count from 1, as in the log
@@ -684,6 +690,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     window_tokens += int64_t(A) * int64_t(N);
     const double step_ms =
         std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
+    log_window.add(ls, loss, step_ms);
 
     if (st.step % r.log.every == 0 || st.step == r.train.max_steps) {
       const double wsec = std::chrono::duration<double>(Clock::now() - window_start).count();
@@ -693,28 +700,19 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - loop_start).count();
       const double per_step = elapsed / double(st.step - first_step);
       const double eta = per_step * double(r.train.max_steps - st.step);
-      const double R = double(std::max<int64_t>(1, ls.rows));
-      Json j = Json::object();
-      j["step"] = st.step;
-      j["loss"] = loss;
-      j["ce"] = ls.ce / R;
-      j["kd"] = ls.kd / R;
-      j["kl"] = ls.kl / R;
-      j["teacher_entropy"] = ls.teacher_entropy / R;
-      j["student_entropy"] = ls.student_entropy / R;
-      j["lr"] = lr;
-      j["grad_norm"] = norm;
-      j["tokens_per_s"] = tps;
-      j["step_time_ms"] = step_ms;
-      j["peak_mem_bytes"] = double(profiler::memory_stats().total_peak);
-      emit(j);
+      // Loss terms: means over the window's tokens (engine/train_log.h).
+      const LogWindow::Means wm = log_window.means();
+      emit(log_window.record(st.step, s.teacher != nullptr, lr, norm, tps,
+                             double(profiler::memory_stats().total_peak)));
+      log_window.reset();
+      char kd_part[32] = "";
+      if (s.teacher) std::snprintf(kd_part, sizeof kd_part, " | kd %.4f", wm.kd);
       char line[320];
-      std::snprintf(
-          line, sizeof line,
-          "step %lld/%d | loss %.4f | ce %.4f | kd %.4f | lr %.2e | norm %.3f | %.0f tok/s "
-          "| %s elapsed | ETA %s",
-          static_cast<long long>(st.step), r.train.max_steps, loss, ls.ce / R, ls.kd / R, lr, norm,
-          tps, fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
+      std::snprintf(line, sizeof line,
+                    "step %lld/%d | loss %.4f | ce %.4f%s | lr %.2e | norm %.3f | %.0f tok/s "
+                    "| %s elapsed | ETA %s",
+                    static_cast<long long>(st.step), r.train.max_steps, wm.loss, wm.ce, kd_part, lr,
+                    norm, tps, fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
       out << line << "\n" << std::flush;
     }
     const bool last = st.step == r.train.max_steps;

@@ -655,6 +655,29 @@ TEST_F(RecipeTest, DiffListsChangedKeys) {
                                 "loss.ce_weight: 1.0 -> 0.5", "loss.kd_weight: 0.0 -> 0.5"}));
 }
 
+// [student] teacher_layers: an array of layer indices, one per student layer, with a teacher.
+TEST_F(RecipeTest, TeacherLayers) {
+  const std::string teacher = "[teacher]\ncheckpoint = \"teacher_ckpt\"\n";
+  const std::string p = write("r.toml", std::string(kMinimal) + teacher);
+  const kd::Recipe r = kd::load_recipe(p, {"student.teacher_layers=[0, 3]"});
+  EXPECT_EQ(r.student.teacher_layers, (std::vector<int>{0, 3}));
+  EXPECT_NE(kd::recipe_to_toml(r).find("teacher_layers = [0, 3]"), std::string::npos);
+  EXPECT_EQ(kd::load_recipe(write("rt.toml", kd::recipe_to_toml(r))), r);
+  EXPECT_EQ(errors_of(p, {"student.teacher_layers=[1]"}),
+            "--set student.teacher_layers: error: [student] teacher_layers lists 1 layer but "
+            "n_layer = 2; give one teacher layer per student layer");
+  EXPECT_EQ(errors_of(p, {"student.teacher_layers=[0, -1]"}),
+            "--set student.teacher_layers: error: [student] teacher_layers: every entry must be "
+            ">= 0, got -1");
+  EXPECT_EQ(errors_of(p, {"student.teacher_layers=\"every_other\""}),
+            "--set student.teacher_layers: error: [student] teacher_layers: expected an array of "
+            "integers, got a string");
+  const std::string q = write("q.toml", std::string(kMinimal));
+  EXPECT_EQ(errors_of(q, {"student.teacher_layers=[0, 1]"}),
+            "--set student.teacher_layers: error: [student] teacher_layers copies layers of the "
+            "teacher, but there is no [teacher] section");
+}
+
 // checkpoint.resume and run.overwrite say how a run starts, not what it computes: a resume that
 // only switches resume on reports no change of the run.
 TEST_F(RecipeTest, DiffLeavesOutResumeAndOverwrite) {
@@ -675,7 +698,8 @@ TEST_F(RecipeTest, DiffLeavesOutResumeAndOverwrite) {
 // another run's output: point it at a stand-in checkpoint.
 TEST_F(RecipeTest, ShippedRecipesLoad) {
   const fs::path data = fs::path(KD_SOURCE_DIR) / "data";  // where tools/get_data.sh puts them
-  if (!fs::exists(data / "tinyshakespeare/input.txt") || !fs::exists(data / "gpt2-bpe/encoder.json"))
+  if (!fs::exists(data / "tinyshakespeare/input.txt") ||
+      !fs::exists(data / "gpt2-bpe/encoder.json"))
     GTEST_SKIP() << "no corpora in " << data << "; run tools/get_data.sh";
   const std::string recipes = std::string(KD_SOURCE_DIR) + "/recipes/";
   const std::string stand_in = "teacher.checkpoint=" + abs("teacher_ckpt");
