@@ -1,6 +1,6 @@
 // Shared helpers for the CUDA kernels: error checking, bf16 conversions, warp reductions.
 // Includable from host-compiled (.cpp) translation units: the device-only helpers are compiled
-// only by nvcc (__CUDACC__) or for the CPU emulator (KD_CUDA_EMU, tests/emu); the bf16 alias,
+// only by nvcc (__CUDACC__) or for the CPU emulator (KD_CUDA_EMU, tools/kdemu); the bf16 alias,
 // KD_CUDA_CHECK, ceil_div, aligned16 and StreamScratch are available everywhere.
 #pragma once
 

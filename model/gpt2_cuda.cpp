@@ -15,11 +15,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/trace.h"
+#include "engine/base/trace.h"
 
 namespace kd {
 
-using cpu::Layout;
 using cuda::bf16;
 
 namespace {

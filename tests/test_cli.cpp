@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/rng.h"
+#include "engine/base/rng.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;

@@ -20,9 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/cuda_step.h"
-#include "engine/device.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/train/cuda_step.h"
+#include "engine/train/device.h"
 #include "model/gpt2.h"
 #include "tests/gpu/gpu_test_util.h"  // KD_REQUIRE_GPU (host-compilable)
 
@@ -32,9 +32,9 @@ using kd::CudaStepResult;
 using kd::CudaTrainer;
 using kd::GPT2;
 using kd::GPT2Config;
-using kd::cpu::AdamWConfig;
-using kd::cpu::LossConfig;
-using kd::cpu::LossSums;
+using kd::AdamWConfig;
+using kd::LossConfig;
+using kd::LossSums;
 
 constexpr int kB = 2, kT = 64, kA = 2;
 
@@ -132,7 +132,7 @@ Batch rule_batch(int V, int seqs, int T, std::mt19937& rng) {
   return b;
 }
 
-// The CPU trainer's step without the update (engine/trainer.cpp's loop body).
+// The CPU trainer's step without the update (engine/train/trainer.cpp's loop body).
 struct CpuStep {
   LossSums sums;
   double loss = 0, norm = 0;
@@ -184,7 +184,7 @@ LossConfig kd_config() {
   c.ce_weight = 0.5f;
   c.kd_weight = 0.5f;
   c.temperature = 2.0f;
-  c.divergence = kd::cpu::Divergence::ForwardKL;
+  c.divergence = kd::Divergence::ForwardKL;
   return c;
 }
 
@@ -286,7 +286,7 @@ TEST(GpuModel, StepAppliesAdamWLikeCpu) {
   EXPECT_EQ(r.loss, pre.loss);
   const std::vector<float> after = tr.master_weights();
 
-  std::vector<kd::cpu::ParamSpan> spans;
+  std::vector<kd::ParamSpan> spans;
   for (const auto& p : student.table()) spans.push_back({p.offset, p.numel, p.decay});
   std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
   opt.lr = lr;

@@ -12,11 +12,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/device.h"
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/recipe.h"
-#include "engine/trainer.h"
+#include "engine/train/device.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/recipe.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
