@@ -3,8 +3,8 @@
 //
 // What must hold: 2 ranks with grad_accum A give the loss curve and final weights of 1 rank with
 // grad_accum 2A (the same global batch, the same sequences); 2 ranks are bitwise reproducible; a
-// run saved at 2 ranks resumes at 1; different recipes on the ranks are refused; a killed rank ends
-// the job within a bounded time and the last checkpoint stays loadable.
+// run saved at 2 ranks resumes at 1 and one saved at 1 at 2; different recipes on the ranks are
+// refused; a killed rank ends the job within a bounded time and the last checkpoint stays loadable.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -129,6 +129,7 @@ class DistributedTest : public ::testing::Test {
                             " --set run.out_dir='\"" + (dir_ / out_name).string() + "\"' " + sets;
     return sh(cmd);
   }
+  void resume_across(int before, int after);
   fs::path dir_;
 };
 
@@ -198,31 +199,17 @@ TEST_F(DistributedTest, TwoRanksAreBitwiseReproducible) {
   EXPECT_EQ(losses(dir_ / "a" / "log.jsonl"), losses(dir_ / "b" / "log.jsonl"));
 }
 
-// 3 steps at 2 ranks, then 3 more at 1 rank with the same global batch, against 6 steps at 1 rank.
-TEST_F(DistributedTest, ResumeFromTwoRanksToOne) {
-  const fs::path rec = recipe("r", "\n[checkpoint]\nresume = true\n");
-  Result straight = train(0, rec, "straight", "--set train.grad_accum=2");
-  ASSERT_EQ(straight.status, 0) << straight.output;
-  // The whole run at 2 ranks with a checkpoint at step 3; the later one is removed, as if the job
-  // had stopped there (max_steps stays 6: the learning-rate schedule depends on it).
-  Result first =
-      train(2, rec, "resumed",
-            "--set train.grad_accum=1 --set checkpoint.every=3 --set checkpoint.keep_last=2");
-  ASSERT_EQ(first.status, 0) << first.output;
-  ASSERT_TRUE(fs::exists(dir_ / "resumed" / "step_000003" / "trainer_state.json"));
-  fs::remove_all(dir_ / "resumed" / "step_000006");
-  fs::remove_all(dir_ / "resumed" / "final");
-  Result second = train(0, rec, "resumed", "--set train.grad_accum=2");
-  ASSERT_EQ(second.status, 0) << second.output;
-  EXPECT_NE(second.output.find("resume: from"), std::string::npos) << second.output;
-
-  const std::vector<double> ls = losses(dir_ / "straight" / "log.jsonl");
-  const std::vector<double> lr = losses(dir_ / "resumed" / "log.jsonl");
+// Compares `resumed` with `straight` (loss curves and final weights, the tolerance of the test
+// above).
+void expect_same_run(const fs::path& straight, const fs::path& resumed) {
+  const std::vector<double> ls = losses(straight / "log.jsonl");
+  const std::vector<double> lr = losses(resumed / "log.jsonl");
   ASSERT_EQ(ls.size(), 6u);
   ASSERT_EQ(lr.size(), 6u);
   for (size_t i = 0; i < ls.size(); ++i) EXPECT_NEAR(lr[i], ls[i], 1e-5 * ls[i]) << "step " << i;
-  const kd::GPT2 a = kd::load_model((dir_ / "straight" / "final").string());
-  const kd::GPT2 b = kd::load_model((dir_ / "resumed" / "final").string());
+  const kd::GPT2 a = kd::load_model((straight / "final").string());
+  const kd::GPT2 b = kd::load_model((resumed / "final").string());
+  ASSERT_EQ(a.params.size(), b.params.size());
   double max_diff = 0, max_abs = 0;
   for (size_t i = 0; i < a.params.size(); ++i) {
     max_diff = std::max(max_diff, double(std::fabs(a.params[i] - b.params[i])));
@@ -231,6 +218,34 @@ TEST_F(DistributedTest, ResumeFromTwoRanksToOne) {
   std::printf("max |w(straight) - w(resumed)| = %.3g, relative to max |w| %.3g\n", max_diff,
               max_diff / max_abs);
   EXPECT_LE(max_diff, 1e-5 * max_abs);
+}
+
+// 3 steps at `before` ranks, then 3 more at `after` ranks (np 0: a plain process), the global batch
+// kept at 4 sequences by grad_accum, against 6 steps of one plain process. The first run goes all 6
+// steps with a checkpoint at step 3 and the later one is removed, as if the job had stopped there
+// (max_steps stays 6: the learning-rate schedule depends on it).
+void DistributedTest::resume_across(int before, int after) {
+  const fs::path rec = recipe("r", "\n[checkpoint]\nresume = true\n");
+  auto accum = [](int np) { return " --set train.grad_accum=" + std::to_string(np == 2 ? 1 : 2); };
+  Result straight = train(0, rec, "straight", accum(0));
+  ASSERT_EQ(straight.status, 0) << straight.output;
+  Result first = train(before, rec, "resumed",
+                       accum(before) + " --set checkpoint.every=3 --set checkpoint.keep_last=2");
+  ASSERT_EQ(first.status, 0) << first.output;
+  ASSERT_TRUE(fs::exists(dir_ / "resumed" / "step_000003" / "trainer_state.json"));
+  fs::remove_all(dir_ / "resumed" / "step_000006");
+  fs::remove_all(dir_ / "resumed" / "final");
+  Result second = train(after, rec, "resumed", accum(after));
+  ASSERT_EQ(second.status, 0) << second.output;
+  EXPECT_NE(second.output.find("resume: from"), std::string::npos) << second.output;
+  expect_same_run(dir_ / "straight", dir_ / "resumed");
+}
+
+TEST_F(DistributedTest, ResumeFromTwoRanksToOne) {
+  resume_across(2, 0);
+}
+TEST_F(DistributedTest, ResumeFromOneRankToTwo) {
+  resume_across(0, 2);
 }
 
 TEST_F(DistributedTest, DifferentRecipesOnTheRanksAreRefused) {
