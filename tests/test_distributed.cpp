@@ -83,6 +83,9 @@ std::vector<double> losses(const fs::path& log) {
 class DistributedTest : public ::testing::Test {
  protected:
   void SetUp() override {
+#ifdef KD_BUILT_WITHOUT_MPI
+    GTEST_SKIP() << "kdengine is built without MPI (KD_MPI=OFF or no MPI found)";
+#endif
     if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
     dir_ =
         fs::temp_directory_path() /

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "engine/base/error.h"
 #include "engine/base/json.h"
@@ -455,6 +456,7 @@ void share_start(State& st, GPT2& model, std::vector<float>& m, std::vector<floa
   comm::broadcast(m.data(), m.size() * sizeof(float));
   comm::broadcast(v.data(), v.size() * sizeof(float));
   st.rng_state = sampler.state();
+  static_assert(std::is_trivially_copyable_v<State>, "State is broadcast as bytes");
   comm::broadcast(&st, sizeof st);
   sampler.set_state(st.rng_state);
 }
