@@ -251,6 +251,18 @@ TEST_F(DistributedTest, ResumeFromOneRankToTwo) {
   resume_across(0, 2);
 }
 
+// Rank 0's profile shows the time of the collectives as their own phase.
+TEST_F(DistributedTest, ProfilerShowsTheCommunication) {
+  const fs::path rec =
+      recipe("p", "\n[profile]\nenabled = true\nwait = 1\nwarmup = 1\nactive = 2\n");
+  Result r = train(2, rec, "p");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const kd::Json prof = kd::Json::parse(bytes_of(dir_ / "p" / "profile.json"));
+  const std::string text = prof.dump();
+  EXPECT_NE(text.find("\"comm_grads\""), std::string::npos) << text.substr(0, 2000);
+  EXPECT_NE(text.find("\"comm\""), std::string::npos) << text.substr(0, 2000);
+}
+
 TEST_F(DistributedTest, DifferentRecipesOnTheRanksAreRefused) {
   const fs::path rec = recipe("r");
   const std::string out = " --set run.out_dir='\"" + (dir_ / "o").string() + "\"'";

@@ -145,18 +145,18 @@ std::vector<uint64_t> allgather(uint64_t value) {
 }
 
 int64_t MpiStepReducer::sum_rows(int64_t local) {
-  KD_RANGE("comm_rows");
+  KD_RANGE_P("comm_rows", Phase::Comm, 1);
   allreduce_sum(&local, 1);
   return local;
 }
 
 void MpiStepReducer::sum_grads(float* grads, size_t n) {
-  KD_RANGE("comm_grads");
+  KD_RANGE_P("comm_grads", Phase::Comm, n);
   allreduce_sum(grads, n);
 }
 
 void MpiStepReducer::sum_losses(LossSums& s) {
-  KD_RANGE("comm_losses");
+  KD_RANGE_P("comm_losses", Phase::Comm, 7);
   double d[6] = {s.loss, s.ce, s.kd, s.kl, s.teacher_entropy, s.student_entropy};
   allreduce_sum(d, 6);
   int64_t rows = s.rows;
