@@ -107,7 +107,7 @@ class DistributedTest : public ::testing::Test {
   fs::path recipe(const std::string& name, const std::string& extra = "") {
     const fs::path p = dir_ / (name + ".toml");
     std::ofstream(p) << "[run]\nname = \"t\"\nout_dir = \"" << (dir_ / "out").string()
-                     << "\"\ndevice = \"cpu\"\nseed = 3\n\n[data]\ntrain = \"corpus.txt\"\n\n"
+                     << "\"\ndevice = \"cpu\"\nseed = 3\nthreads = 1\n\n[data]\ntrain = \"corpus.txt\"\n\n"
                         "[student]\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 16\n\n"
                         "[train]\nmicro_batch = 2\nseq_len = 16\nmax_steps = 6\neval_every = 0\n"
                         "eval_batches = 1\n\n[log]\nevery = 1\n"

@@ -24,6 +24,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/io/tensorboard.h"
 #include "engine/io/tokenizer.h"
+#include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
 #include "engine/train/comm.h"
 #include "model/checkpoint.h"
@@ -492,6 +493,7 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
       std::numeric_limits<double>::quiet_NaN();
+  cpu::set_threads(cpu::resolve_threads(r.run.threads));  // [run] threads: one pool for CPU ops
   if (root) check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
   GPT2& model = *s.student;
@@ -661,6 +663,7 @@ void print_check(const Recipe& r, std::ostream& out) {
 
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out) {
+  cpu::set_threads(cpu::resolve_threads(0));
   GPT2 student = load_model(ckpt);
   auto tok = require_checkpoint_tokenizer(ckpt, student.config().vocab_size, out);
   std::unique_ptr<GPT2> teacher;
