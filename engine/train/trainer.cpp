@@ -13,6 +13,7 @@
 #include <iostream>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "engine/base/error.h"
 #include "engine/base/json.h"
@@ -28,6 +29,7 @@
 #include "engine/train/run_dir.h"
 #include "engine/train/student_init.h"
 #include "engine/train/train_log.h"
+#include "engine/train/comm.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_tokenizer.h"
 
@@ -392,9 +394,12 @@ State resume_or_start(const Recipe& r, GPT2& model, std::vector<float>& m, std::
 // The run's outputs besides checkpoints: log.jsonl and, when enabled, the TensorBoard scalars.
 class RunLog {
  public:
-  // resumed_at: the step of the checkpoint a resumed run continues from (-1: a fresh run).
-  RunLog(const Recipe& r, int64_t resumed_at)
-      : path_(fs::path(r.run.out_dir) / "log.jsonl"), log_(path_, std::ios::app) {
+  // resumed_at: the step of the checkpoint a resumed run continues from (-1: a fresh run). A
+  // disabled log (the ranks other than 0) writes nothing.
+  RunLog(const Recipe& r, int64_t resumed_at, bool enabled = true) : enabled_(enabled) {
+    if (!enabled_) return;
+    path_ = fs::path(r.run.out_dir) / "log.jsonl";
+    log_.open(path_, std::ios::app);
     if (!log_) throw InputError("[run] out_dir: cannot write " + path_.string());
     if (r.log.tensorboard)
       tb_ = std::make_unique<TensorBoardWriter>((fs::path(r.run.out_dir) / "tb").string());
@@ -403,6 +408,7 @@ class RunLog {
   }
   // One record to log.jsonl and, for every numeric field, the matching TensorBoard scalar.
   void emit(const Json& j) {
+    if (!enabled_) return;
     log_ << j.dump() << "\n";
     log_.flush();
     if (!tb_) return;
@@ -411,6 +417,7 @@ class RunLog {
   }
 
  private:
+  bool enabled_;
   fs::path path_;
   std::ofstream log_;
   std::unique_ptr<TensorBoardWriter> tb_;
@@ -440,42 +447,91 @@ void write_summary(const Recipe& r, const TrainSummary& sum, size_t parameters) 
   write_file_synced((fs::path(r.run.out_dir) / "summary.json").string(), j.dump(2) + "\n");
 }
 
+// Data parallelism (docs/distributed.md): rank 0 resumes or starts the run, and every other rank
+// receives its parameters, moments, loop state and sampler position, so all ranks start equal.
+void share_start(State& st, GPT2& model, std::vector<float>& m, std::vector<float>& v,
+                 BatchSampler& sampler) {
+  if (comm::size() == 1) return;
+  m.resize(model.params.size());
+  v.resize(model.params.size());
+  comm::broadcast(model.params.data(), model.params.size() * sizeof(float));
+  comm::broadcast(m.data(), m.size() * sizeof(float));
+  comm::broadcast(v.data(), v.size() * sizeof(float));
+  st.rng_state = sampler.state();
+  static_assert(std::is_trivially_copyable_v<State>, "State is broadcast as bytes");
+  comm::broadcast(&st, sizeof st);
+  sampler.set_state(st.rng_state);
+}
+
+// Every rank must run the same recipe: the hash of the resolved recipe, compared across ranks.
+void check_same_recipe(const Recipe& r) {
+  if (comm::size() == 1) return;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the recipe hash text
+  for (unsigned char c : recipe_hash(r)) h = (h ^ c) * 1099511628211ull;
+  const std::vector<uint64_t> all = comm::allgather(h);
+  for (size_t k = 1; k < all.size(); ++k)
+    if (all[k] != all[0])
+      throw InputError("rank " + std::to_string(k) +
+                       " runs a different recipe than rank 0 (the "
+                       "resolved recipes' hashes differ); every rank must get the same recipe "
+                       "and --set overrides");
+}
+
+std::ostream& null_stream() {
+  static std::ostream s(nullptr);  // no buffer: every write is dropped
+  return s;
+}
+
 }  // namespace
 
-TrainSummary train(const Recipe& r, std::ostream& out) {
+TrainSummary train(const Recipe& r, std::ostream& console) {
+  comm::init();  // joins the MPI job when started by mpirun / srun; else one rank
+  const bool root = comm::is_root();
+  const int ranks = comm::size();
+  std::ostream& out = root ? console : null_stream();  // rank 0 alone prints
+  check_same_recipe(r);
   const auto t_start = Clock::now();
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
       std::numeric_limits<double>::quiet_NaN();
   cpu::set_threads(cpu::resolve_threads(r.run.threads));  // [run] threads: one pool for CPU ops
-  check_out_dir(r);  // a previous run in out_dir: refused unless resume or overwrite
-  check_out_dir_writable(r.run.out_dir);
+  if (root) {
+    check_out_dir(r);  // a previous run in out_dir: refused unless resume or overwrite
+    check_out_dir_writable(r.run.out_dir);
+  }
   Setup s = prepare(r, out, true);
-  remove_previous_run(r, out);
+  if (root) remove_previous_run(r, out);
   GPT2& model = *s.student;
   const StepShape shape = step_shape(r, model.config());
   const int B = shape.B, T = shape.T;
-  const size_t step_tokens = size_t(shape.grad_accum) * B * T;
+  const size_t rank_tokens = size_t(shape.grad_accum) * B * T;  // this rank's share of a step
+  const size_t step_tokens = rank_tokens * ranks;               // the global step
 
   BatchSampler sampler(s.train_tokens, {}, static_cast<uint64_t>(r.run.seed));
   std::vector<float> m, v;  // the moments as checkpoints hold them
-  State st = resume_or_start(r, model, m, v, sampler, out);
+  State st = root ? resume_or_start(r, model, m, v, sampler, out) : State{};
+  share_start(st, model, m, v, sampler);
   std::unique_ptr<Backend> backend =
       make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
   backend->load_state(model, m, v);
-  RunLog log(r, r.checkpoint.resume ? st.step : -1);
+  comm::MpiStepReducer reducer;
+  if (ranks > 1) backend->set_reducer(&reducer);
+  RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
+  if (ranks > 1)
+    out << "data parallel: " << ranks << " ranks, global batch " << shape.B << " x "
+        << shape.grad_accum << " x " << ranks << " sequences\n";
 
   backend->report_memory();
   struct ClockGuard {
     ~ClockGuard() { profiler::set_clock(nullptr); }
   } clock_guard;
-  if (r.profile.enabled) {
+  if (r.profile.enabled && root) {
     profiler::set_clock(backend->profiler_clock());
     profiler::configure(true, r.profile.wait, r.profile.warmup, r.profile.active, r.run.out_dir);
   }
 
   print_models(model.config(), s.teacher.get(), out);
-  if (s.teacher) {
+  if (s.teacher && root) {  // evaluation runs on rank 0 only
     KD_RANGE_P("eval", Phase::Eval, st.step);
     sum.teacher_val_loss =
         evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f).teacher_ce;
@@ -524,11 +580,14 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     profiler::StepScope step_scope(st.step + 1);  // steps count from 1, as in the log
     {
       KD_RANGE_P("data", Phase::Data, st.step);
-      for (int a = 0; a < shape.grad_accum; ++a)
+      // Every rank draws the whole global step (grad_accum x ranks micro-batches) from the same
+      // seeded sampler and takes its own slice, so a step's sequences do not depend on `ranks`.
+      for (int a = 0; a < shape.grad_accum * ranks; ++a)
         sampler.next(B, T, inputs.data() + a * size_t(B) * T, targets.data() + a * size_t(B) * T);
     }
     const double lr = learning_rate(r, st.step);
-    const StepResult res = backend->step(inputs.data(), targets.data(), float(lr),
+    const size_t mine = rank_tokens * comm::rank();
+    const StepResult res = backend->step(inputs.data() + mine, targets.data() + mine, float(lr),
                                          float(r.optim.grad_clip), int(st.step + 1));
     if (!res.finite) throw_non_finite(r, st.step, res.loss);  // nothing of this step is saved
     st.step += 1;
@@ -561,11 +620,11 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
       out << line << "\n" << std::flush;
     }
     const bool last = st.step == r.train.max_steps;
-    if (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0)) run_eval();
-    if (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0)) save();
-    if (!last && interrupt_flag().load()) {
+    if (root && (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0))) run_eval();
+    if (root && (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0))) save();
+    if (!last && comm::any(interrupt_flag().load())) {  // every rank stops at the same step
       out << "interrupted: writing a checkpoint at step " << st.step << "\n";
-      save();
+      if (root) save();
       sum.interrupted = true;
       break;
     }
@@ -577,7 +636,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   sum.tokens_seen = st.tokens_seen;
   sum.best_val_loss = st.best_val_loss;
   sum.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-  write_summary(r, sum, model.config().num_parameters());
+  if (root) write_summary(r, sum, model.config().num_parameters());
   std::ostringstream best;  // no "nan" when no evaluation ran (e.g. Ctrl-C before the first)
   if (std::isfinite(sum.best_val_loss))
     best << "best val loss " << std::fixed << std::setprecision(4) << sum.best_val_loss;
@@ -585,6 +644,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     best << "no evaluation ran";
   out << "done: " << count_of(st.step, "step") << ", " << best.str() << ", " << st.tokens_seen
       << " tokens seen, wall time " << fmt_duration(sum.wall_seconds) << "\n";
+  comm::finalize();  // every rank got here: leave the MPI job cleanly
   return sum;
 }
 void print_check(const Recipe& r, std::ostream& out) {
