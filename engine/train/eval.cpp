@@ -163,10 +163,8 @@ void eval_data(const EvalArgs& a, std::ostream& out) {
       << (a.batches < 0 ? std::string("every window once") : std::to_string(batches) + " batches")
       << "\n";
   std::vector<Row> rows;
-  for (const std::string& c : a.checkpoints) {
-    std::ostringstream sink;
-    rows.push_back({c, evaluate_checkpoint(c, a.data, a.teacher, batches, sink), false});
-  }
+  for (const std::string& c : a.checkpoints)  // notes (an old checkpoint layout) go to out
+    rows.push_back({c, evaluate_checkpoint(c, a.data, a.teacher, batches, out), false});
   if (!a.teacher.empty()) out << "KL at T = 1\n";
   if (!a.teacher.empty()) {
     EvalResult t = rows.front().r;

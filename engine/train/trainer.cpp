@@ -724,15 +724,10 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
   res.loss = e.student_ce;
   res.perplexity = std::exp(e.student_ce);
   res.tokens = e.tokens;
-  out << std::fixed << std::setprecision(4) << "loss " << res.loss << "\nperplexity "
-      << res.perplexity << "\n";
   if (teacher) {
-    EvalStats te = evaluate(*backend, true, tokens, B, T, batches, 1.0f);
-    res.teacher_loss = te.teacher_ce;
+    res.teacher_loss = evaluate(*backend, true, tokens, B, T, batches, 1.0f).teacher_ce;
     res.kl = e.kl;
-    out << "teacher loss " << res.teacher_loss << "\nKL(teacher||student) " << res.kl << "\n";
   }
-  out << std::defaultfloat << "tokens " << res.tokens << "\n";
   return res;
 }
 

@@ -58,6 +58,7 @@ struct EvalResult {
          kl = 0;  // with a teacher: its loss and KL(p_teacher || q_student), T = 1
   int64_t tokens = 0;
 };
+// Notes (an old checkpoint layout) go to out; the caller prints the results.
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out);
 
