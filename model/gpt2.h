@@ -47,7 +47,7 @@ class GPT2 {
 
   const GPT2Config& config() const { return cfg_; }
   const std::vector<ParamInfo>& table() const { return table_; }
-  const ParamInfo& info(std::string_view name) const;  // throws std::out_of_range naming it
+  const ParamInfo& info(std::string_view name) const;  // throws kd::ContractError naming it
 
   std::vector<float> params;  // all parameters, laid out as table()
   std::vector<float> grads;   // same layout; allocated by enable_training()
