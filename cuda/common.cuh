@@ -24,17 +24,19 @@ using bf16 = __nv_bfloat16;
 // FILE:LINE, the call's text and the error's name and description. A launch is checked with
 // KD_CUDA_CHECK(cudaGetLastError()) right after it (configuration errors); errors while a kernel
 // runs surface at the next synchronising call, which is checked the same way.
-#define KD_CUDA_CHECK(call) ::kd::cuda::detail::check((call), #call, __FILE__, __LINE__)
+#define KD_CUDA_CHECK(call) \
+  ::kd::cuda::detail::check((call), #call, __FILE__, ::kd::detail::kErrorHeader, __LINE__)
 
 namespace detail {
 
-[[noreturn]] inline void cuda_failed(const char* file, int line, const char* call,
-                                     const std::string& error) {
-  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + call +
-                  " failed: " + error);
+[[noreturn]] inline void cuda_failed(const char* file, std::string_view error_header, int line,
+                                     const char* call, const std::string& error) {
+  throw CudaError(kd::detail::source_path(file, error_header) + ":" + std::to_string(line) + ": " +
+                  call + " failed: " + error);
 }
 
-inline void check(cudaError_t e, const char* call, const char* file, int line) {
+inline void check(cudaError_t e, const char* call, const char* file, std::string_view error_header,
+                  int line) {
   if (e == cudaSuccess) [[likely]]
     return;
   // Reset the runtime's last-error state, so that the next launch check reports its own launch
@@ -43,7 +45,7 @@ inline void check(cudaError_t e, const char* call, const char* file, int line) {
   std::string error = cudaGetErrorString(e);
   const char* name = cudaGetErrorName(e);
   if (std::strcmp(name, error.c_str()) != 0) error += std::string(" (") + name + ")";
-  cuda_failed(file, line, call, error);
+  cuda_failed(file, error_header, line, call, error);
 }
 
 inline const char* cublas_status_name(cublasStatus_t s) {
@@ -73,10 +75,11 @@ inline const char* cublas_status_name(cublasStatus_t s) {
 }
 
 // cuBLASLt's own status (cublasGetStatusString lives in libcublas, which is not linked).
-inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
+inline void check(cublasStatus_t s, const char* call, const char* file,
+                  std::string_view error_header, int line) {
   if (s == CUBLAS_STATUS_SUCCESS) [[likely]]
     return;
-  cuda_failed(file, line, call,
+  cuda_failed(file, error_header, line, call,
               std::string(cublas_status_name(s)) + " (status " + std::to_string(s) + ")");
 }
 

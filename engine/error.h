@@ -23,6 +23,7 @@
 #include <iosfwd>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace kd {
 
@@ -45,22 +46,41 @@ struct CudaError : std::runtime_error {
 };
 
 namespace detail {
+
+// This header's path as the including translation unit sees it (absolute, or relative to the
+// compiler's working directory); internal linkage, so each translation unit keeps its own.
+static constexpr std::string_view kErrorHeader = __FILE__;
+
+// `file` (a __FILE__) relative to the source tree: the tree's root is kErrorHeader without its
+// "engine/error.h", spelled the same way as the file's path in the same translation unit. A file
+// outside the tree, or spelled another way, is returned whole.
+inline std::string source_path(const char* file, std::string_view error_header) {
+  constexpr std::string_view kSelf = "engine/error.h";
+  const std::string_view f(file);
+  if (!error_header.ends_with(kSelf)) return std::string(f);
+  const std::string_view root = error_header.substr(0, error_header.size() - kSelf.size());
+  return std::string(f.starts_with(root) ? f.substr(root.size()) : f);
+}
+
 // Throws ContractError("FILE:LINE: contract violated: (COND): MESSAGE"). Defined in the header so
 // that every library (the CUDA kernels' included) may use it without linking another.
-[[noreturn]] inline void contract_failed(const char* file, int line, const char* cond,
-                                         const std::string& message) {
-  throw ContractError(std::string(file) + ":" + std::to_string(line) + ": contract violated: (" +
-                      cond + "): " + message);
+[[noreturn]] inline void contract_failed(const char* file, std::string_view error_header, int line,
+                                         const char* cond, const std::string& message) {
+  throw ContractError(source_path(file, error_header) + ":" + std::to_string(line) +
+                      ": contract violated: (" + cond + "): " + message);
 }
+
 }  // namespace detail
 
 // Checks a precondition (or any contract) inside the engine: when `cond` is false, throws
-// ContractError naming this file and line, the condition's text and `message` (a std::string or a
-// string literal, evaluated only when the check fails, so it may format freely).
-#define KD_REQUIRE(cond, message)                                        \
-  do {                                                                   \
-    if (!(cond)) [[unlikely]]                                            \
-      ::kd::detail::contract_failed(__FILE__, __LINE__, #cond, message); \
+// ContractError naming this file (relative to the source tree) and line, the condition's text and
+// `message` (a std::string or a string literal, evaluated only when the check fails, so it may
+// format freely).
+#define KD_REQUIRE(cond, message)                                                          \
+  do {                                                                                     \
+    if (!(cond)) [[unlikely]]                                                              \
+      ::kd::detail::contract_failed(__FILE__, ::kd::detail::kErrorHeader, __LINE__, #cond, \
+                                    message);                                              \
   } while (0)
 
 // Call inside a catch block (catch (...) included): writes the message of the exception being
