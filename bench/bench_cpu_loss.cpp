@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 
 namespace {
 
@@ -40,16 +40,16 @@ void BM_KdLoss(benchmark::State& state) {
   for (auto& t : targets) t = static_cast<int32_t>(rng() % kV);
   std::vector<float> grad(logits.size());
 
-  kd::cpu::LossConfig cfg;
+  kd::LossConfig cfg;
   cfg.kd_weight = 1.0f;
   cfg.temperature = 2.0f;
-  const kd::cpu::Divergence divs[] = {kd::cpu::Divergence::ForwardKL,
-                                      kd::cpu::Divergence::ReverseKL, kd::cpu::Divergence::JSD};
+  const kd::Divergence divs[] = {kd::Divergence::ForwardKL,
+                                      kd::Divergence::ReverseKL, kd::Divergence::JSD};
   cfg.divergence = divs[which % 3];
   const float* t = which == 3 ? nullptr : teacher.data();
 
   for (auto _ : state) {
-    kd::cpu::LossSums sums;
+    kd::LossSums sums;
     kd::cpu::kd_loss(grad.data(), &sums, logits.data(), t, kV, targets.data(), kN, kV, cfg,
                      1.0f / kN);
     benchmark::DoNotOptimize(sums.loss);
@@ -65,9 +65,9 @@ void BM_AdamW(benchmark::State& state) {
   const std::vector<float> grads = random_floats(kParams, 5, 1e-3f);
   std::vector<float> m(kParams, 0.0f), v(kParams, 0.0f);
   // Roughly a transformer's layout: mostly decayed matrices, a few undecayed vectors.
-  const std::vector<kd::cpu::ParamSpan> spans = {
+  const std::vector<kd::ParamSpan> spans = {
       {0, 9'000'000, true}, {9'000'000, 500'000, false}, {9'500'000, 500'000, true}};
-  kd::cpu::AdamWConfig cfg;
+  kd::AdamWConfig cfg;
   int t = 0;
   for (auto _ : state) {
     kd::cpu::adamw_update(params.data(), grads.data(), m.data(), v.data(), spans, cfg, ++t, 0.5f);

@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 
 namespace {
 
@@ -114,13 +114,13 @@ void BM_LayerNormBackward(benchmark::State& state) {
 // -----------------------------------------------------------------------------------
 
 struct MatmulCase {
-  kd::cpu::Layout layout;
+  kd::Layout layout;
   int OC;
 };
 
 MatmulCase matmul_case(const benchmark::State& state) {
-  return state.range(0) == 0 ? MatmulCase{kd::cpu::Layout::InOut, 3 * kC}
-                             : MatmulCase{kd::cpu::Layout::OutIn, kV};
+  return state.range(0) == 0 ? MatmulCase{kd::Layout::InOut, 3 * kC}
+                             : MatmulCase{kd::Layout::OutIn, kV};
 }
 
 void BM_MatmulForward(benchmark::State& state) {

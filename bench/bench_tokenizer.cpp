@@ -9,7 +9,7 @@
 #include <sstream>
 #include <string>
 
-#include "engine/tokenizer.h"
+#include "engine/io/tokenizer.h"
 
 namespace {
 

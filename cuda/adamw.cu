@@ -20,7 +20,7 @@
 #include <string>
 
 #include "cuda/adamw.cuh"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace kd::cuda {
 
@@ -105,7 +105,7 @@ __device__ __forceinline__ bf16 stochastic_bf16(float x, uint32_t random) {
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(bf16* __restrict__ params, float* __restrict__ master,
                  const float* __restrict__ grads, float* __restrict__ m, float* __restrict__ v,
-                 const kd::cpu::ParamSpan* __restrict__ spans, int num_spans, size_t n, Scalars S,
+                 const kd::ParamSpan* __restrict__ spans, int num_spans, size_t n, Scalars S,
                  float grad_scale, const float* __restrict__ grad_scale_dev, bool stochastic,
                  uint64_t seed, int t) {
   const float scale = grad_scale_dev != nullptr ? *grad_scale_dev : grad_scale;
@@ -164,8 +164,8 @@ void global_norm(float* norm, float* scale, const float* grads, size_t n, float 
 }
 
 void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
-                  const kd::cpu::ParamSpan* spans, int num_spans, size_t n,
-                  const kd::cpu::AdamWConfig& cfg, int t, float grad_scale,
+                  const kd::ParamSpan* spans, int num_spans, size_t n,
+                  const kd::AdamWConfig& cfg, int t, float grad_scale,
                   const float* grad_scale_dev, AdamWRounding rounding, cudaStream_t s) {
   KD_REQUIRE(t >= 1, "adamw_update (cuda): step t must be >= 1, got " + std::to_string(t));
   KD_REQUIRE(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f && cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f,

@@ -1,6 +1,6 @@
 // Shared helpers for the CUDA kernels: the CUDA error check, bf16 conversions, warp reductions.
 // Includable from host-compiled (.cpp) translation units: the device-only helpers are compiled
-// only by nvcc (__CUDACC__) or for the CPU emulator (KD_CUDA_EMU, tests/emu); the bf16 alias,
+// only by nvcc (__CUDACC__) or for the CPU emulator (KD_CUDA_EMU, tools/kdemu); the bf16 alias,
 // KD_CUDA_CHECK, ceil_div, aligned16 and StreamScratch are available everywhere.
 #pragma once
 
@@ -12,7 +12,7 @@
 #include <cstring>
 #include <string>
 
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace kd::cuda {
 
@@ -20,7 +20,7 @@ using bf16 = __nv_bfloat16;
 
 // ---- the CUDA error check ----------------------------------------------------------------------
 // KD_CUDA_CHECK(call) is the one check for every CUDA runtime and cuBLASLt call: `call` returns a
-// cudaError_t or a cublasStatus_t; anything but success throws kd::CudaError (engine/error.h) with
+// cudaError_t or a cublasStatus_t; anything but success throws kd::CudaError (engine/base/error.h) with
 // FILE:LINE, the call's text and the error's name and description. A launch is checked with
 // KD_CUDA_CHECK(cudaGetLastError()) right after it (configuration errors); errors while a kernel
 // runs surface at the next synchronising call, which is checked the same way.

@@ -1,7 +1,7 @@
 // The fused distillation loss: CE(T=1) against the targets plus a temperature divergence between
 // teacher p = softmax(t/T) and student q = softmax(z/T) (forward KL, reverse KL, or JSD(beta)
 // normalised by beta (1 - beta)), with its gradient written over the student logits.
-// Math and definitions: docs/ops/kd_loss.md and the CPU twin engine/cpu/kd_loss.cpp.
+// Math and definitions: docs/ops/kd_loss.md and the CPU twin engine/ops/cpu/kd_loss.cpp.
 //
 // Decomposition: one block of n threads per row, n = 512 for large vocabularies and about V / 4 (a
 // multiple of 32) for small ones, so that no warp idles; thread i takes columns i, i + n, ...
@@ -24,7 +24,7 @@
 #include <string>
 
 #include "cuda/kd_loss.cuh"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace kd::cuda {
 
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
 // One block: sums the row records in double, in a fixed order, and adds them to *sums.
 constexpr int kReduceThreads = 256;
 __global__ void __launch_bounds__(kReduceThreads)
-    kd_loss_reduce(kd::cpu::LossSums* sums, const float* __restrict__ rec, int N, float ce_weight,
+    kd_loss_reduce(kd::LossSums* sums, const float* __restrict__ rec, int N, float ce_weight,
                    float kd_scale, bool teacher) {
   __shared__ double sh[7][kReduceThreads];
   double acc[7] = {0, 0, 0, 0, 0, 0, 0};  // loss, ce, kd, kl, H(p), H(q), rows
@@ -297,8 +297,8 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 }  // namespace
 
-void kd_loss(bf16* dlogits, kd::cpu::LossSums* sums, const bf16* logits, const bf16* teacher,
-             int Vt, const int32_t* targets, int N, int V, const kd::cpu::LossConfig& cfg,
+void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* teacher,
+             int Vt, const int32_t* targets, int N, int V, const kd::LossConfig& cfg,
              float inv_norm, cudaStream_t s) {
   const std::string where = "kd_loss (cuda): ";
   KD_REQUIRE(N >= 0, where + "row count N must be >= 0, got " + std::to_string(N));
@@ -311,13 +311,13 @@ void kd_loss(bf16* dlogits, kd::cpu::LossSums* sums, const bf16* logits, const b
   KD_REQUIRE(
       cfg.temperature > 0.0f && std::isfinite(cfg.temperature),
       where + "temperature must be a finite number > 0, got " + std::to_string(cfg.temperature));
-  KD_REQUIRE(cfg.divergence != kd::cpu::Divergence::JSD || (cfg.beta >= 0.0f && cfg.beta <= 1.0f),
+  KD_REQUIRE(cfg.divergence != kd::Divergence::JSD || (cfg.beta >= 0.0f && cfg.beta <= 1.0f),
              where + "JSD beta must be in [0, 1], got " + std::to_string(cfg.beta));
 
   int mode = kCE;
   if (teacher != nullptr) {
-    mode = cfg.divergence == kd::cpu::Divergence::ForwardKL   ? kForwardKL
-           : cfg.divergence == kd::cpu::Divergence::ReverseKL ? kReverseKL
+    mode = cfg.divergence == kd::Divergence::ForwardKL   ? kForwardKL
+           : cfg.divergence == kd::Divergence::ReverseKL ? kReverseKL
            : cfg.beta == 0.0f                                 ? kForwardKL
            : cfg.beta == 1.0f                                 ? kReverseKL
                                                               : kJSD;

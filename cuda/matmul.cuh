@@ -1,16 +1,16 @@
 // Matrix product with bias (and optionally GELU) through cuBLASLt: bf16 operands, fp32 accumulate.
-// CPU twin: kd::cpu::matmul_forward/backward. Weight layouts as the twin (kd::cpu::Layout): InOut
+// CPU twin: kd::cpu::matmul_forward/backward. Weight layouts as the twin (kd::Layout): InOut
 // is W [C, OC] (out = inp · W), OutIn is W [OC, C] (out = inp · W^T).
 #pragma once
 
 #include <cstddef>
 
 #include "cuda/common.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/ops.h"
 
 namespace kd::cuda {
 
-using Layout = kd::cpu::Layout;
+using Layout = kd::Layout;
 
 // out[N,OC] = inp[N,C] · W + bias (bias [OC] may be null). With gelu_epilogue, pre_gelu[N,OC]
 // (required) receives inp · W + bias and out = gelu(pre_gelu) (tanh approximation), fused into the

@@ -23,7 +23,7 @@
 
 namespace kd::cuda::mma {
 
-#ifndef KD_CUDA_EMU  // the CPU emulator (tests/emu) supplies warp-wide versions of these
+#ifndef KD_CUDA_EMU  // the CPU emulator (tools/kdemu) supplies warp-wide versions of these
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

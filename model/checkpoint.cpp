@@ -7,8 +7,8 @@
 #include <map>
 #include <sstream>
 
-#include "engine/error.h"
-#include "engine/safetensors.h"
+#include "engine/base/error.h"
+#include "engine/io/safetensors.h"
 
 namespace kd {
 

@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "engine/json.h"
+#include "engine/base/json.h"
 #include "model/gpt2.h"
 
 namespace kd {

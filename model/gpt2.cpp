@@ -4,14 +4,13 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "engine/cpu/ops.h"
-#include "engine/error.h"
-#include "engine/rng.h"
-#include "engine/trace.h"
+#include "engine/base/error.h"
+#include "engine/base/rng.h"
+#include "engine/base/trace.h"
+#include "engine/ops/cpu/ops.h"
 
 namespace kd {
 
-using cpu::Layout;
 
 std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg) {
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, P = cfg.block_size;

@@ -1,6 +1,6 @@
 // The GPT-2 model on the CPU: config, the named parameter table (HF GPT-2 names and layouts), one
 // contiguous parameter buffer with a mirrored gradient buffer, and the forward/backward
-// orchestration over the CPU twins in engine/cpu/ops.h.
+// orchestration over the CPU twins in engine/ops/cpu/ops.h.
 //
 // Architecture: tokens -> wte + wpe -> n_layer x [ LN -> causal MHA -> +residual ; LN -> MLP(4C,
 // GELU)

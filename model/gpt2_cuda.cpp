@@ -15,11 +15,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/trace.h"
+#include "engine/base/trace.h"
 
 namespace kd {
 
-using cpu::Layout;
 using cuda::bf16;
 
 namespace {
@@ -229,7 +228,7 @@ void GPT2Cuda::forward(const int32_t* tokens_dev, int B, int T) {
     cuda::layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.encoded, w0.ln1w, w0.ln1b, N, C, s);
   }
   for (int l = 0; l < L; ++l) {
-    KD_RANGE_P("layer_fwd", Phase::Layer, l);
+    KD_RANGE_P("layer", Phase::Layer, l);
     const LayerW w = layer_w(l);
     const bf16* residual = l == 0 ? a.encoded : a.res3 + (l - 1) * SC;
     bf16* ln1 = a.ln1 + l * SC;
@@ -286,7 +285,7 @@ void GPT2Cuda::backward(const bf16* dlogits) {
   cuda::layernorm_backward(a.dres, pg("ln_f.weight"), pg("ln_f.bias"), a.dC, a.res3 + (L - 1) * SC,
                            pw("ln_f.weight"), a.lnf_mean, a.lnf_rstd, N, C, s);
   for (int l = L - 1; l >= 0; --l) {
-    KD_RANGE_P("layer_bwd", Phase::Layer, l);
+    KD_RANGE_P("layer", Phase::Layer, l);
     const LayerW w = layer_w(l);
     const LayerG gr = layer_g(l);
     const bf16* residual = l == 0 ? a.encoded : a.res3 + (l - 1) * SC;
@@ -341,7 +340,7 @@ void GPT2Cuda::forward_inference(bf16* out, const int32_t* tokens_dev, int B, in
     cuda::layernorm_forward(ln, mean, rstd, x, w0.ln1w, w0.ln1b, N, C, s);
   }
   for (int l = 0; l < L; ++l) {
-    KD_RANGE_P("layer_fwd", Phase::Layer, l);
+    KD_RANGE_P("layer", Phase::Layer, l);
     const LayerW w = layer_w(l);
     cuda::matmul_forward(a.qkv, ln, w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut, false, nullptr, s);
     cuda::attention_forward(a.atty, a.lse, a.qkv, B, T, C, NH, s);

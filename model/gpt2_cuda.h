@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
+#include "engine/ops/ops.h"
 #include "model/gpt2.h"
 
 // The kd::cuda launchers this model calls (host declarations; the device code in these headers is

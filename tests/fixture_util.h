@@ -7,7 +7,7 @@
 #include <sstream>
 #include <string>
 
-#include "engine/json.h"
+#include "engine/base/json.h"
 
 namespace kd::test {
 

@@ -1,4 +1,4 @@
-// AdamW (adamw_update) and the gradient norm (global_norm) from engine/cpu/ops.h against
+// AdamW (adamw_update) and the gradient norm (global_norm) from engine/ops/cpu/ops.h against
 // independent double-precision references. The AdamW reference follows torch.optim.AdamW's
 // single-tensor algorithm step by step: decay the parameter, update the moments, bias-correct,
 // divide.
@@ -15,14 +15,14 @@
 #include <utility>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/error.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/base/error.h"
 #include "tests/grad_check.h"
 
 namespace {
 
-using kd::cpu::AdamWConfig;
-using kd::cpu::ParamSpan;
+using kd::AdamWConfig;
+using kd::ParamSpan;
 using kd::test::random_floats;
 using kd::test::rel_err;
 

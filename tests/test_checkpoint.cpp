@@ -9,8 +9,8 @@
 #include <fstream>
 #include <random>
 
-#include "engine/error.h"
-#include "engine/safetensors.h"
+#include "engine/base/error.h"
+#include "engine/io/safetensors.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;

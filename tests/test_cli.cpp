@@ -15,7 +15,7 @@
 #include <string>
 #include <thread>
 
-#include "engine/rng.h"
+#include "engine/base/rng.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/data.h"
-#include "engine/error.h"
-#include "engine/tokenizer.h"
+#include "engine/io/data.h"
+#include "engine/base/error.h"
+#include "engine/io/tokenizer.h"
 
 namespace fs = std::filesystem;
 

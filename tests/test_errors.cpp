@@ -1,6 +1,7 @@
-// The exception policy (engine/error.h): KD_REQUIRE's ContractError, the exit status and message
-// that report_error() gives each kind of error, and that the model's preconditions are contract
-// checks (the ops' own are tested beside each op in test_ops, test_kd_loss and test_adamw).
+// The exception policy (engine/base/error.h): KD_REQUIRE's ContractError, the exit status and
+// message that report_error() gives each kind of error, and that the model's preconditions are
+// contract checks (the ops' own are tested beside each op in test_ops, test_kd_loss and
+// test_adamw).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -11,8 +12,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/rng.h"
+#include "engine/base/error.h"
+#include "engine/base/rng.h"
 #include "model/gpt2.h"
 
 namespace {

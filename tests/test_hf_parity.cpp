@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/json.h"
-#include "engine/safetensors.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/base/json.h"
+#include "engine/io/safetensors.h"
 #include "model/checkpoint.h"
 #include "tests/fixture_util.h"
 
@@ -47,14 +47,14 @@ TEST(HFParity, ForwardLossBackwardClipAndAdamWMatchTorch) {
       std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; }));
   ASSERT_LT(rows, N);  // some targets are masked
 
-  kd::cpu::AdamWConfig opt;
+  kd::AdamWConfig opt;
   opt.lr = static_cast<float>(ref.at("lr").as_number());
   opt.beta1 = static_cast<float>(ref.at("beta1").as_number());
   opt.beta2 = static_cast<float>(ref.at("beta2").as_number());
   opt.eps = static_cast<float>(ref.at("eps").as_number());
   opt.weight_decay = static_cast<float>(ref.at("weight_decay").as_number());
   const double max_norm = ref.at("max_norm").as_number();
-  std::vector<kd::cpu::ParamSpan> spans;
+  std::vector<kd::ParamSpan> spans;
   for (const auto& p : m.table()) spans.push_back({p.offset, p.numel, p.decay});
   std::vector<float> adam_m(m.params.size(), 0.0f), adam_v(m.params.size(), 0.0f);
 
@@ -74,8 +74,8 @@ TEST(HFParity, ForwardLossBackwardClipAndAdamWMatchTorch) {
       EXPECT_LT(err, 1e-5);
     }
 
-    kd::cpu::LossConfig loss_cfg;  // cross-entropy only
-    kd::cpu::LossSums sums;
+    kd::LossConfig loss_cfg;  // cross-entropy only
+    kd::LossSums sums;
     kd::cpu::kd_loss(dlogits.data(), &sums, m.logits(), nullptr, V, targets.data(), N, V, loss_cfg,
                      1.0f / rows);
     EXPECT_EQ(sums.rows, rows);

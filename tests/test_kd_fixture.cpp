@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/json.h"
-#include "engine/safetensors.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/base/json.h"
+#include "engine/io/safetensors.h"
 #include "tests/fixture_util.h"
 
 namespace {
@@ -25,10 +25,10 @@ double rel_err(double a, double b) {
   return std::fabs(a - b) / std::fabs(b);
 }
 
-kd::cpu::Divergence divergence_of(const std::string& name) {
-  if (name == "forward_kl") return kd::cpu::Divergence::ForwardKL;
-  if (name == "reverse_kl") return kd::cpu::Divergence::ReverseKL;
-  if (name == "jsd") return kd::cpu::Divergence::JSD;
+kd::Divergence divergence_of(const std::string& name) {
+  if (name == "forward_kl") return kd::Divergence::ForwardKL;
+  if (name == "reverse_kl") return kd::Divergence::ReverseKL;
+  if (name == "jsd") return kd::Divergence::JSD;
   throw std::runtime_error("unknown divergence " + name);
 }
 
@@ -58,7 +58,7 @@ TEST(KDFixture, LossSumsAndGradientsMatchTorch) {
   for (const kd::Json& c : cases) {
     const std::string name = c.at("name").as_string();
     SCOPED_TRACE(name);
-    kd::cpu::LossConfig cfg;
+    kd::LossConfig cfg;
     cfg.ce_weight = static_cast<float>(ref.at("ce_weight").as_number());
     cfg.kd_weight = static_cast<float>(ref.at("kd_weight").as_number());
     cfg.beta = static_cast<float>(ref.at("beta").as_number());
@@ -67,7 +67,7 @@ TEST(KDFixture, LossSumsAndGradientsMatchTorch) {
     cfg.t2_scaling = c.at("t2_scaling").as_bool();
 
     std::vector<float> dlogits(student.size(), 7.0f);  // kd_loss must overwrite every value
-    kd::cpu::LossSums sums;
+    kd::LossSums sums;
     kd::cpu::kd_loss(dlogits.data(), &sums, student.data(), teacher.data(), Vt, targets.data(), N,
                      V, cfg, 1.0f / rows);
     EXPECT_EQ(sums.rows, rows);
@@ -90,7 +90,7 @@ TEST(KDFixture, LossSumsAndGradientsMatchTorch) {
 
     // In place (dlogits aliasing the logits) gives the same bits; no dlogits gives the same sums.
     std::vector<float> inplace = student;
-    kd::cpu::LossSums sums_inplace, sums_eval;
+    kd::LossSums sums_inplace, sums_eval;
     kd::cpu::kd_loss(inplace.data(), &sums_inplace, inplace.data(), teacher.data(), Vt,
                      targets.data(), N, V, cfg, 1.0f / rows);
     EXPECT_EQ(std::memcmp(inplace.data(), dlogits.data(), inplace.size() * sizeof(float)), 0);

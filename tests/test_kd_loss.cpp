@@ -1,4 +1,4 @@
-// The fused distillation loss kd_loss (engine/cpu/ops.h) against an independent double-precision
+// The fused distillation loss kd_loss (engine/ops/cpu/ops.h) against an independent double-precision
 // reference written here from the textbook formulas (softmax, logs, KL sums), and its gradient
 // against central finite differences of that reference.
 //
@@ -17,22 +17,22 @@
 #include <random>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/error.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/base/error.h"
 #include "tests/grad_check.h"
 
 namespace {
 
-using kd::cpu::Divergence;
+using kd::Divergence;
 using kd::cpu::kd_loss;
-using kd::cpu::LossConfig;
-using kd::cpu::LossSums;
+using kd::LossConfig;
+using kd::LossSums;
 using kd::test::rel_err;
 
 constexpr double kLossTol = 1e-5;
 constexpr double kGradTol = 1e-5;
 
-// ---- double-precision reference, independent of engine/cpu
+// ---- double-precision reference, independent of engine/ops/cpu
 // ------------------------------------------
 
 std::vector<double> ref_softmax(const double* x, int V, double T) {

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/rng.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/base/rng.h"
 #include "model/gpt2.h"
 
 namespace {
@@ -92,8 +92,8 @@ TEST(Model, InitialisationFollowsGPT2) {
 double model_loss(kd::GPT2& m, const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt,
                   int B, int T) {
   m.forward(tok.data(), B, T);
-  kd::cpu::LossSums s;
-  kd::cpu::LossConfig cfg;
+  kd::LossSums s;
+  kd::LossConfig cfg;
   kd::cpu::kd_loss(nullptr, &s, m.logits(), nullptr, 0, tgt.data(), B * T, m.config().vocab_size,
                    cfg, 1.0f);
   return s.loss / double(s.rows);
@@ -111,8 +111,8 @@ TEST(Model, EndToEndGradientMatchesFiniteDifferences) {
   auto tgt = random_tokens(rng, B * T, V);
   tgt[3] = -1;  // a masked position
   m.forward(tok.data(), B, T);
-  kd::cpu::LossSums s;
-  kd::cpu::LossConfig cfg;
+  kd::LossSums s;
+  kd::LossConfig cfg;
   std::vector<float> dlogits(size_t(B) * T * V);
   kd::cpu::kd_loss(dlogits.data(), &s, m.logits(), nullptr, 0, tgt.data(), B * T, V, cfg,
                    1.0f / float(B * T - 1));
@@ -158,7 +158,7 @@ void check_accumulation(bool with_teacher) {
   for (int i = 0; i < 8 * T; i += 5) tgt[i] = -1;  // masks spread unevenly over micro-batches
   int rows = 0;
   for (int x : tgt) rows += x >= 0;
-  kd::cpu::LossConfig cfg;
+  kd::LossConfig cfg;
   cfg.ce_weight = with_teacher ? 0.3f : 1.0f;
   cfg.kd_weight = with_teacher ? 0.7f : 0.0f;
   cfg.temperature = 2.0f;
@@ -171,7 +171,7 @@ void check_accumulation(bool with_teacher) {
       student.forward(tok.data() + off, micro, T);
       std::vector<float> tlog(n * V);
       if (with_teacher) teacher.forward_inference(tlog.data(), tok.data() + off, micro, T);
-      kd::cpu::LossSums s;
+      kd::LossSums s;
       kd::cpu::kd_loss(student.logits(), &s, student.logits(), with_teacher ? tlog.data() : nullptr,
                        V, tgt.data() + off, micro * T, V, cfg, 1.0f / float(rows));
       loss += s.loss;

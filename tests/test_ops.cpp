@@ -1,4 +1,4 @@
-// CPU twins of the model's core ops (engine/cpu/ops.h) against independent double-precision
+// CPU twins of the model's core ops (engine/ops/cpu/ops.h) against independent double-precision
 // references: the fp32 forward against a double forward, and the fp32 analytic backward against
 // central finite differences of L = sum(w ∘ out) computed in double.
 //
@@ -20,8 +20,8 @@
 #include <random>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/error.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/base/error.h"
 #include "tests/grad_check.h"
 
 namespace {
@@ -44,7 +44,7 @@ std::vector<double> twice(const std::vector<float>& v) {
   return out;
 }
 
-// ---- double-precision references, written independently of engine/cpu
+// ---- double-precision references, written independently of engine/ops/cpu
 // ------------------------------
 
 std::vector<double> ref_encoder(const std::vector<int32_t>& tokens, const std::vector<double>& wte,
@@ -82,13 +82,13 @@ RefNorm ref_layernorm(const std::vector<double>& x, const std::vector<double>& w
 // W is [C,OC] for InOut and [OC,C] for OutIn; bias may be empty.
 std::vector<double> ref_matmul(const std::vector<double>& inp, const std::vector<double>& W,
                                const std::vector<double>& bias, int N, int C, int OC,
-                               kd::cpu::Layout layout) {
+                               kd::Layout layout) {
   std::vector<double> out(static_cast<size_t>(N) * OC);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < OC; ++o) {
       double s = bias.empty() ? 0.0 : bias[o];
       for (int c = 0; c < C; ++c) {
-        const double w = layout == kd::cpu::Layout::InOut ? W[c * OC + o] : W[o * C + c];
+        const double w = layout == kd::Layout::InOut ? W[c * OC + o] : W[o * C + c];
         s += inp[n * C + c] * w;
       }
       out[n * OC + o] = s;
@@ -290,7 +290,7 @@ struct MatmulShape {
   int N, C, OC;
 };
 
-class MatmulTest : public testing::TestWithParam<kd::cpu::Layout> {};
+class MatmulTest : public testing::TestWithParam<kd::Layout> {};
 
 TEST_P(MatmulTest, ForwardAndBackwardMatchDoubleReference) {
   const auto layout = GetParam();
@@ -358,9 +358,9 @@ TEST_P(MatmulTest, NullBiasAndNullGradientsAreSkipped) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, MatmulTest,
-                         testing::Values(kd::cpu::Layout::InOut, kd::cpu::Layout::OutIn),
-                         [](const testing::TestParamInfo<kd::cpu::Layout>& info) {
-                           return info.param == kd::cpu::Layout::InOut ? "InOut" : "OutIn";
+                         testing::Values(kd::Layout::InOut, kd::Layout::OutIn),
+                         [](const testing::TestParamInfo<kd::Layout>& info) {
+                           return info.param == kd::Layout::InOut ? "InOut" : "OutIn";
                          });
 
 // ---- attention

@@ -11,9 +11,9 @@
 #include <sstream>
 #include <thread>
 
-#include "engine/json.h"
-#include "engine/profiler.h"
-#include "engine/trace.h"
+#include "engine/base/json.h"
+#include "engine/base/profiler.h"
+#include "engine/base/trace.h"
 
 namespace fs = std::filesystem;
 namespace prof = kd::profiler;

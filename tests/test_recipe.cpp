@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/recipe.h"
+#include "engine/base/error.h"
+#include "engine/io/recipe.h"
 
 namespace fs = std::filesystem;
 

@@ -9,9 +9,9 @@
 #include <fstream>
 #include <random>
 
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/safetensors.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/safetensors.h"
 
 namespace fs = std::filesystem;
 

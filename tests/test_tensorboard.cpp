@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/crc32c.h"
-#include "engine/json.h"
-#include "engine/tensorboard.h"
+#include "engine/base/crc32c.h"
+#include "engine/base/json.h"
+#include "engine/io/tensorboard.h"
 
 namespace fs = std::filesystem;
 

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/tokenizer.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/tokenizer.h"
 
 namespace fs = std::filesystem;
 

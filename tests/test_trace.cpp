@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/profiler.h"
-#include "engine/recipe.h"
-#include "engine/trace.h"
-#include "engine/trainer.h"
+#include "engine/base/profiler.h"
+#include "engine/io/recipe.h"
+#include "engine/base/trace.h"
+#include "engine/train/trainer.h"
 
 namespace fs = std::filesystem;
 using kd::Phase;

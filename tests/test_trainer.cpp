@@ -10,11 +10,11 @@
 #include <sstream>
 #include <string>
 
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/recipe.h"
-#include "engine/rng.h"
-#include "engine/trainer.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/recipe.h"
+#include "engine/base/rng.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;

@@ -21,7 +21,7 @@ import os
 import struct
 import sys
 
-# log.jsonl key -> TensorBoard tag (the same table as kTensorBoardTags in engine/tensorboard.h).
+# log.jsonl key -> TensorBoard tag (the same table as kTensorBoardTags in engine/io/tensorboard.h).
 TAGS = {
     "loss": "train/loss",
     "ce": "train/ce",

@@ -198,7 +198,7 @@ void BM_residual_backward(benchmark::State& state) {
 void BM_kd_loss(benchmark::State& state) {
   if (!kd::probe_device().cuda_usable) return state.SkipWithError("no usable GPU");
   const int N = static_cast<int>(state.range(0));
-  const auto div = static_cast<kd::cpu::Divergence>(state.range(1));
+  const auto div = static_cast<kd::Divergence>(state.range(1));
   Buffer<bf16> z(size_t(N) * kV), t(size_t(N) * kVt);
   z.fill(-4, 4, 31);
   t.fill(-4, 4, 32);
@@ -206,9 +206,9 @@ void BM_kd_loss(benchmark::State& state) {
   std::vector<int32_t> h(N);
   for (int i = 0; i < N; ++i) h[i] = static_cast<int32_t>((i * 131u) % kV);
   KD_CUDA_CHECK(cudaMemcpy(targets.get(), h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice));
-  Buffer<kd::cpu::LossSums> sums(1);
-  KD_CUDA_CHECK(cudaMemset(sums.get(), 0, sizeof(kd::cpu::LossSums)));
-  kd::cpu::LossConfig cfg;
+  Buffer<kd::LossSums> sums(1);
+  KD_CUDA_CHECK(cudaMemset(sums.get(), 0, sizeof(kd::LossSums)));
+  kd::LossConfig cfg;
   cfg.kd_weight = 1.0f;
   cfg.temperature = 2.0f;
   cfg.divergence = div;
@@ -219,8 +219,8 @@ void BM_kd_loss(benchmark::State& state) {
     kd::cuda::kd_loss(z.get(), sums.get(), z.get(), t.get(), kVt, targets.get(), N, kV, cfg,
                       1.0f / N, 0);
   });
-  state.SetLabel(div == kd::cpu::Divergence::ForwardKL   ? "forward KL"
-                 : div == kd::cpu::Divergence::ReverseKL ? "reverse KL"
+  state.SetLabel(div == kd::Divergence::ForwardKL   ? "forward KL"
+                 : div == kd::Divergence::ReverseKL ? "reverse KL"
                                                          : "JSD(0.5)");
 }
 
@@ -236,7 +236,7 @@ void BM_adamw_124M(benchmark::State& state) {
   v.fill(0, 1e-4f, 43);
   scale.fill(1, 1, 0);
   // 12 layers x 12 tensors + embeddings + final LayerNorm: ~150 spans, alternating decay.
-  std::vector<kd::cpu::ParamSpan> spans;
+  std::vector<kd::ParamSpan> spans;
   size_t off = 0;
   const size_t layer_sizes[] = {768, 768, 768 * 2304, 2304, 768 * 768,  768,
                                 768, 768, 768 * 3072, 3072, 3072 * 768, 768};
@@ -252,10 +252,10 @@ void BM_adamw_124M(benchmark::State& state) {
   spans.push_back({off, 768, false});
   off += 768;
   spans.push_back({off, kParams - off, false});
-  Buffer<kd::cpu::ParamSpan> d_spans(spans.size());
+  Buffer<kd::ParamSpan> d_spans(spans.size());
   KD_CUDA_CHECK(cudaMemcpy(d_spans.get(), spans.data(), spans.size() * sizeof(spans[0]),
                            cudaMemcpyHostToDevice));
-  kd::cpu::AdamWConfig cfg;
+  kd::AdamWConfig cfg;
   const bool sr = state.range(0) != 0;
   run_timed(state, kParams * 30.0, kParams * 15.0, [&](int i) {
     kd::cuda::adamw_update(params.get(), master.get(), grads.get(), m.get(), v.get(), d_spans.get(),
@@ -285,10 +285,10 @@ BENCHMARK(BM_gelu_backward)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_residual_forward)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_residual_backward)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_kd_loss)
-    ->Args({8192, static_cast<int>(kd::cpu::Divergence::ForwardKL)})
-    ->Args({8192, static_cast<int>(kd::cpu::Divergence::ReverseKL)})
-    ->Args({8192, static_cast<int>(kd::cpu::Divergence::JSD)})
-    ->Args({65536, static_cast<int>(kd::cpu::Divergence::ForwardKL)})
+    ->Args({8192, static_cast<int>(kd::Divergence::ForwardKL)})
+    ->Args({8192, static_cast<int>(kd::Divergence::ReverseKL)})
+    ->Args({8192, static_cast<int>(kd::Divergence::JSD)})
+    ->Args({65536, static_cast<int>(kd::Divergence::ForwardKL)})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_adamw_124M)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);

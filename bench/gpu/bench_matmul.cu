@@ -14,7 +14,7 @@
 namespace {
 
 using kd::bench::Buffer;
-using kd::cpu::Layout;
+using kd::Layout;
 using kd::cuda::bf16;
 
 // TFLOP/s of the 8192^3 bf16 product (best of 10 after warm-up); 0 without a GPU.

@@ -1,4 +1,4 @@
-// End-to-end training throughput on the GPU: whole optimizer steps of engine/cuda_step.h (data
+// End-to-end training throughput on the GPU: whole optimizer steps of engine/train/cuda_backend.h (data
 // upload, teacher forward, student forward, fused KD loss, backward, global norm, AdamW, the one
 // host sync).
 //
@@ -29,8 +29,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda_step.h"
-#include "engine/device.h"
+#include "engine/train/cuda_backend.h"
+#include "engine/train/device.h"
 #include "model/gpt2.h"
 #include "model/gpt2_cuda.h"
 
@@ -71,7 +71,7 @@ double measured_peak() {
     float best = 1e30f;
     for (int rep = 0; rep < 22; ++rep) {
       cudaEventRecord(e0, nullptr);
-      kd::cuda::matmul_forward(C, A, B, nullptr, n, n, n, kd::cpu::Layout::InOut, false, nullptr,
+      kd::cuda::matmul_forward(C, A, B, nullptr, n, n, n, kd::Layout::InOut, false, nullptr,
                                nullptr);
       cudaEventRecord(e1, nullptr);
       cudaEventSynchronize(e1);
@@ -116,14 +116,14 @@ void run_case(benchmark::State& state, const Case& k) {
     teacher = std::make_unique<kd::GPT2>(k.teacher);
     teacher->init_random(2);
   }
-  kd::cpu::LossConfig loss;
+  kd::LossConfig loss;
   if (k.has_teacher) {
     loss.ce_weight = 0.5f;
     loss.kd_weight = 0.5f;
     loss.temperature = 2.0f;
   }
-  kd::CudaTrainer tr(student, teacher.get(), loss, kd::cpu::AdamWConfig{}, k.B, k.T, 1);
-  const int64_t max_b = tr.report_memory();
+  kd::CudaBackend tr(student, teacher.get(), loss, kd::AdamWConfig{}, k.B, k.T, 1);
+  const int64_t max_b = tr.largest_micro_batch();
 
   const size_t n = size_t(k.B) * k.T;
   std::mt19937 rng(3);
@@ -142,7 +142,7 @@ void run_case(benchmark::State& state, const Case& k) {
   bool finite = true;
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
-    const kd::CudaStepResult r = tr.step(in[t % 4].data(), tg[t % 4].data(), 1e-4f, 1.0f, t);
+    const kd::StepResult r = tr.step(in[t % 4].data(), tg[t % 4].data(), 1e-4f, 1.0f, t);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     finite = finite && r.finite;
     ++t;

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cuda/common.cuh"
-#include "engine/device.h"
+#include "engine/train/device.h"
 
 namespace kd::bench {
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cuda/common.cuh"
-#include "engine/device.h"
+#include "engine/train/device.h"
 
 // Skips the test (with the probe's reason) when no usable GPU is present.
 #define KD_REQUIRE_GPU()                                                           \

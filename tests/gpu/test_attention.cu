@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "cuda/attention.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {

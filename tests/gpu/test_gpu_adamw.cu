@@ -10,13 +10,13 @@
 #include <vector>
 
 #include "cuda/adamw.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {
 
-using kd::cpu::AdamWConfig;
-using kd::cpu::ParamSpan;
+using kd::AdamWConfig;
+using kd::ParamSpan;
 using kd::cuda::bf16;
 using kd::test::close_norm;
 using kd::test::DeviceBuffer;

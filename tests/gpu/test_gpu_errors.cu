@@ -1,4 +1,4 @@
-// The CUDA side of the exception policy (engine/error.h): KD_CUDA_CHECK, the one check for CUDA
+// The CUDA side of the exception policy (engine/base/error.h): KD_CUDA_CHECK, the one check for CUDA
 // runtime and cuBLASLt calls, throws kd::CudaError naming the call; a kernel wrapper's broken
 // precondition throws kd::ContractError before anything is launched (so those tests need no GPU).
 #include <gtest/gtest.h>

@@ -14,14 +14,14 @@
 #include <vector>
 
 #include "cuda/kd_loss.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {
 
-using kd::cpu::Divergence;
-using kd::cpu::LossConfig;
-using kd::cpu::LossSums;
+using kd::Divergence;
+using kd::LossConfig;
+using kd::LossSums;
 using kd::cuda::bf16;
 using kd::test::close_norm;
 using kd::test::DeviceBuffer;

@@ -20,21 +20,21 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/ops.h"
-#include "engine/cuda_step.h"
-#include "engine/device.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/train/cuda_backend.h"
+#include "engine/train/device.h"
 #include "model/gpt2.h"
 #include "tests/gpu/gpu_test_util.h"  // KD_REQUIRE_GPU (host-compilable)
 
 namespace {
 
-using kd::CudaStepResult;
-using kd::CudaTrainer;
+using kd::StepResult;
+using kd::CudaBackend;
 using kd::GPT2;
 using kd::GPT2Config;
-using kd::cpu::AdamWConfig;
-using kd::cpu::LossConfig;
-using kd::cpu::LossSums;
+using kd::AdamWConfig;
+using kd::LossConfig;
+using kd::LossSums;
 
 constexpr int kB = 2, kT = 64, kA = 2;
 
@@ -132,7 +132,7 @@ Batch rule_batch(int V, int seqs, int T, std::mt19937& rng) {
   return b;
 }
 
-// The CPU trainer's step without the update (engine/trainer.cpp's loop body).
+// The CPU trainer's step without the update (engine/train/trainer.cpp's loop body).
 struct CpuStep {
   LossSums sums;
   double loss = 0, norm = 0;
@@ -184,7 +184,7 @@ LossConfig kd_config() {
   c.ce_weight = 0.5f;
   c.kd_weight = 0.5f;
   c.temperature = 2.0f;
-  c.divergence = kd::cpu::Divergence::ForwardKL;
+  c.divergence = kd::Divergence::ForwardKL;
   return c;
 }
 
@@ -192,7 +192,7 @@ TEST(GpuModel, ForwardLogitsMatchCpu) {
   KD_REQUIRE_GPU();
   GPT2 student = random_model(student_config(), 11, 20.0f);  // larger logits: a sharper test
   const Batch b = random_batch(student.config().vocab_size, kB * kT, 5);
-  CudaTrainer tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
+  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
   const std::vector<float> gpu = tr.student_logits(b.inputs.data(), kB, kT);
   student.forward(b.inputs.data(), kB, kT);
   const size_t n = static_cast<size_t>(kB) * kT * student.config().vocab_size;
@@ -213,8 +213,8 @@ TEST(GpuModel, KdStepMatchesCpu) {
   const LossConfig cfg = kd_config();
   const Batch b = random_batch(student.config().vocab_size, kA * kB * kT, 23);
 
-  CudaTrainer tr(student, &teacher, cfg, AdamWConfig{}, kB, kT, kA);
-  const CudaStepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
+  CudaBackend tr(student, &teacher, cfg, AdamWConfig{}, kB, kT, kA);
+  const StepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
   const std::vector<float> ggrad = tr.gradients();
   const CpuStep c = cpu_step(student, &teacher, cfg, b, kB, kT, kA);
 
@@ -254,8 +254,8 @@ TEST(GpuModel, CeStepMatchesCpu) {
   KD_REQUIRE_GPU();
   GPT2 student = random_model(student_config(), 31, 10.0f);
   const Batch b = random_batch(student.config().vocab_size, 2 * kB * kT, 33);
-  CudaTrainer tr(student, nullptr, LossConfig{}, AdamWConfig{}, 2 * kB, kT, 1);
-  const CudaStepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
+  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, 2 * kB, kT, 1);
+  const StepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
   const std::vector<float> ggrad = tr.gradients();
   const CpuStep c = cpu_step(student, nullptr, LossConfig{}, b, 2 * kB, kT, 1);
   EXPECT_TRUE(close_scalar(g.loss, c.loss, 1e-2, "loss"));
@@ -274,19 +274,19 @@ TEST(GpuModel, StepAppliesAdamWLikeCpu) {
   const Batch b = random_batch(student.config().vocab_size, kA * kB * kT, 43);
   AdamWConfig opt;
   opt.weight_decay = 0.1f;
-  CudaTrainer tr(student, &teacher, kd_config(), opt, kB, kT, kA);
-  const CudaStepResult pre = tr.accumulate(b.inputs.data(), b.targets.data());
+  CudaBackend tr(student, &teacher, kd_config(), opt, kB, kT, kA);
+  const StepResult pre = tr.accumulate(b.inputs.data(), b.targets.data());
   const std::vector<float> grads = tr.gradients();
   std::vector<float> master = tr.master_weights();
   EXPECT_EQ(master, student.params) << "master weights are the uploaded parameters";
   const float clip = static_cast<float>(0.5 * pre.grad_norm);
   const float lr = 1e-3f;
-  const CudaStepResult r = tr.step(b.inputs.data(), b.targets.data(), lr, clip, 1);
+  const StepResult r = tr.step(b.inputs.data(), b.targets.data(), lr, clip, 1);
   EXPECT_EQ(r.grad_norm, pre.grad_norm) << "the same batch gives bitwise the same norm";
   EXPECT_EQ(r.loss, pre.loss);
   const std::vector<float> after = tr.master_weights();
 
-  std::vector<kd::cpu::ParamSpan> spans;
+  std::vector<kd::ParamSpan> spans;
   for (const auto& p : student.table()) spans.push_back({p.offset, p.numel, p.decay});
   std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
   opt.lr = lr;
@@ -303,7 +303,7 @@ TEST(GpuModel, StepAppliesAdamWLikeCpu) {
   // The moments came back through the checkpoint path.
   GPT2 back(student.config());
   std::vector<float> gm, gv;
-  tr.copy_to(back, gm, gv);
+  tr.save_state(back, gm, gv);
   EXPECT_EQ(back.params, after);
   size_t mbad = 0;
   for (size_t i = 0; i < m.size(); ++i)
@@ -317,9 +317,9 @@ TEST(GpuModel, EvalSumsMatchCpu) {
   GPT2 student = random_model(student_config(), 51, 10.0f);
   GPT2 teacher = random_model(teacher_config(), 52, 30.0f);
   const Batch b = random_batch(student.config().vocab_size, kB * kT, 53);
-  CudaTrainer tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
-  const LossSums g = tr.eval_loss(b.inputs.data(), b.targets.data(), kB, kT, 2.0f);
-  const LossSums gt = tr.eval_teacher_loss(b.inputs.data(), b.targets.data(), kB, kT);
+  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  const LossSums g = tr.eval_student(b.inputs.data(), b.targets.data(), kB, kT, 2.0f);
+  const LossSums gt = tr.eval_teacher(b.inputs.data(), b.targets.data(), kB, kT);
 
   const int N = kB * kT, V = student.config().vocab_size, Vt = teacher.config().vocab_size;
   std::vector<float> slog(static_cast<size_t>(N) * V), tlog(static_cast<size_t>(N) * Vt);
@@ -346,34 +346,34 @@ TEST(GpuModel, FiftyKdStepsLowerTheLoss) {
   GPT2 teacher = random_model(teacher_config(), 62);
   {
     AdamWConfig opt;
-    CudaTrainer pre(teacher, nullptr, LossConfig{}, opt, 4, kT, 1);
+    CudaBackend pre(teacher, nullptr, LossConfig{}, opt, 4, kT, 1);
     double first = 0, last = 0;
     for (int t = 1; t <= 150; ++t) {
       const Batch b = rule_batch(V, 4, kT, rng);
-      const CudaStepResult r = pre.step(b.inputs.data(), b.targets.data(), 2e-3f, 1.0f, t);
+      const StepResult r = pre.step(b.inputs.data(), b.targets.data(), 2e-3f, 1.0f, t);
       ASSERT_TRUE(r.finite) << "teacher step " << t;
       if (t == 1) first = r.loss;
       last = r.loss;
     }
     EXPECT_LT(last, 0.5 * first) << "teacher pretraining";
     std::vector<float> m, v;
-    pre.copy_to(teacher, m, v);
+    pre.save_state(teacher, m, v);
   }
   GPT2 student = random_model(student_config(), 63);
-  CudaTrainer tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
   const Batch held = rule_batch(V, kB, kT, rng);
-  const double ce0 = tr.eval_loss(held.inputs.data(), held.targets.data(), kB, kT, 1.0f).ce;
+  const double ce0 = tr.eval_student(held.inputs.data(), held.targets.data(), kB, kT, 1.0f).ce;
   std::vector<double> losses;
   for (int t = 1; t <= 50; ++t) {
     const Batch b = rule_batch(V, kA * kB, kT, rng);
-    const CudaStepResult r = tr.step(b.inputs.data(), b.targets.data(), 2e-3f, 1.0f, t);
+    const StepResult r = tr.step(b.inputs.data(), b.targets.data(), 2e-3f, 1.0f, t);
     ASSERT_TRUE(r.finite) << "step " << t;
     losses.push_back(r.loss);
   }
   double tail = 0;
   for (int i = 45; i < 50; ++i) tail += losses[i] / 5;
   EXPECT_LT(tail, 0.7 * losses[0]) << "first " << losses[0] << ", mean of the last five " << tail;
-  const double ce1 = tr.eval_loss(held.inputs.data(), held.targets.data(), kB, kT, 1.0f).ce;
+  const double ce1 = tr.eval_student(held.inputs.data(), held.targets.data(), kB, kT, 1.0f).ce;
   EXPECT_LT(ce1, 0.8 * ce0) << "held-out CE before " << ce0 / (kB * kT) << " after "
                             << ce1 / (kB * kT);
 }
@@ -383,12 +383,12 @@ struct RunLog {
   std::vector<double> loss, norm;
   std::vector<float> master;
 };
-RunLog kd_run(int steps, CudaTrainer& tr, uint32_t data_seed, int first_t = 1) {
+RunLog kd_run(int steps, CudaBackend& tr, uint32_t data_seed, int first_t = 1) {
   RunLog r;
   for (int i = 0; i < steps; ++i) {
     const Batch b = random_batch(student_config().vocab_size, kA * kB * kT,
                                  data_seed + static_cast<uint32_t>(i));
-    const CudaStepResult s = tr.step(b.inputs.data(), b.targets.data(), 1e-3f, 1.0f, first_t + i);
+    const StepResult s = tr.step(b.inputs.data(), b.targets.data(), 1e-3f, 1.0f, first_t + i);
     r.loss.push_back(s.loss);
     r.norm.push_back(s.grad_norm);
   }
@@ -402,11 +402,11 @@ TEST(GpuModel, SameSeedIsBitwiseIdentical) {
   const GPT2 teacher = random_model(teacher_config(), 72, 30.0f);
   RunLog a, b;
   {
-    CudaTrainer tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
     a = kd_run(8, tr, 700);
   }
   {
-    CudaTrainer tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
     b = kd_run(8, tr, 700);
   }
   ASSERT_EQ(a.loss.size(), b.loss.size());
@@ -424,31 +424,31 @@ TEST(GpuModel, CheckpointRoundTripResumesBitwise) {
   KD_REQUIRE_GPU();
   const GPT2 student = random_model(student_config(), 81, 10.0f);
   const GPT2 teacher = random_model(teacher_config(), 82, 30.0f);
-  CudaTrainer tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
   kd_run(3, tr, 800);
   GPT2 saved(student.config());
   std::vector<float> m, v;
-  tr.copy_to(saved, m, v);
+  tr.save_state(saved, m, v);
   const RunLog cont = kd_run(3, tr, 900, 4);
 
   GPT2 other = random_model(student_config(), 99);  // different weights, overwritten by copy_from
-  CudaTrainer resumed(other, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
-  resumed.copy_from(saved, m, v);
+  CudaBackend resumed(other, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  resumed.load_state(saved, m, v);
   const RunLog res = kd_run(3, resumed, 900, 4);
   EXPECT_EQ(cont.loss, res.loss);
   EXPECT_EQ(cont.norm, res.norm);
   EXPECT_EQ(std::memcmp(cont.master.data(), res.master.data(), cont.master.size() * 4), 0);
 }
 
-// The trainer validates these before it builds a CudaTrainer; here they are broken contracts.
+// The trainer validates these before it builds a CudaBackend; here they are broken contracts.
 TEST(GpuModel, RejectsBrokenPreconditions) {
   KD_REQUIRE_GPU();
   GPT2Config bad = student_config();
   bad.n_head = 4;  // head size 32: not supported by the attention kernel
-  EXPECT_THROW(CudaTrainer(GPT2(bad), nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1),
+  EXPECT_THROW(CudaBackend(GPT2(bad), nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1),
                kd::ContractError);
   const GPT2 student = random_model(student_config(), 91);
-  CudaTrainer tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
+  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
   Batch b = random_batch(student_config().vocab_size, kB * kT, 92);
   b.inputs[5] = student_config().vocab_size;  // out of the vocabulary
   EXPECT_THROW(tr.step(b.inputs.data(), b.targets.data(), 1e-3f, 1.0f, 1), kd::ContractError);

@@ -1,4 +1,4 @@
-// GPU kernels of the elementwise and normalisation ops against their CPU twins (engine/cpu/ops.h):
+// GPU kernels of the elementwise and normalisation ops against their CPU twins (engine/ops/cpu/ops.h):
 // encoder, LayerNorm (and the fused residual + LayerNorm), GELU, residual. Inputs are random,
 // rounded to bf16 first and fed to the CPU twin as floats; outputs are poisoned with NaN before
 // each kernel; tolerances are in tests/gpu/gpu_test_util.h.
@@ -13,7 +13,7 @@
 #include "cuda/gelu.cuh"
 #include "cuda/layernorm.cuh"
 #include "cuda/residual.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {

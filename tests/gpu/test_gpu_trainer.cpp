@@ -12,12 +12,13 @@
 #include <string>
 #include <vector>
 
-#include "engine/device.h"
-#include "engine/error.h"
-#include "engine/json.h"
-#include "engine/recipe.h"
-#include "engine/trainer.h"
+#include "engine/base/error.h"
+#include "engine/base/json.h"
+#include "engine/io/recipe.h"
+#include "engine/train/device.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
+#include "model/gpt2_cuda.h"
 
 namespace fs = std::filesystem;
 
@@ -99,6 +100,20 @@ TEST_F(GpuTrainer, DistillationRunsMatchesTheCpuAndResumes) {
   std::stringstream ps;
   ps << pf.rdbuf();
   EXPECT_NE(ps.str().find("cuda_events"), std::string::npos);
+  // The memory report is the GPU's plan (bf16 weights, fp32 master, gradients and moments, the
+  // planned activations), not the CPU's fp32 numbers.
+  const kd::GPT2Config sc = kd::load_model((dir_ / "kd_gpu" / "step_000060").string()).config();
+  const kd::GPT2CudaMemory plan = kd::GPT2Cuda::plan(sc, 8, 64, kd::GPT2Cuda::Role::Student);
+  const kd::Json mem = kd::Json::parse(ps.str()).at("memory").at("categories");
+  auto bytes = [&](const char* cat) { return mem.at(cat).at("current_bytes").as_number(); };
+  const double P = double(sc.num_parameters());
+  EXPECT_EQ(bytes("weights"), double(plan.weights));
+  EXPECT_EQ(bytes("weights"), 2 * P);
+  EXPECT_EQ(bytes("master_weights"), 4 * P);
+  EXPECT_EQ(bytes("gradients"), 4 * P);
+  EXPECT_EQ(bytes("optimizer_moments"), 8 * P);
+  EXPECT_EQ(bytes("activations"), double(plan.activations));
+  EXPECT_GT(bytes("teacher_weights"), 0.0);
 
   // The checkpoint loads, and resuming from step 30 reproduces the last 30 steps' weights.
   kd::GPT2 at60 = kd::load_model((dir_ / "kd_gpu" / "step_000060").string());

@@ -7,12 +7,12 @@
 #include <vector>
 
 #include "cuda/matmul.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {
 
-using kd::cpu::Layout;
+using kd::Layout;
 using kd::cuda::bf16;
 using kd::test::close_norm;
 using kd::test::DeviceBuffer;

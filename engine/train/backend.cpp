@@ -1,0 +1,75 @@
+// The backend factory and what every backend shares.
+#include "engine/train/backend.h"
+
+#include <ostream>
+#include <string>
+
+#include "engine/base/error.h"
+#include "engine/train/cuda_backend.h"
+#include "engine/train/device.h"
+
+namespace kd {
+
+std::unique_ptr<Backend> make_cpu_backend(GPT2& student, const GPT2* teacher,
+                                          const LossConfig& loss, const AdamWConfig& adamw,
+                                          const StepShape& shape);  // cpu_backend.cpp
+
+void Backend::report_memory() const {
+  const MemoryPlan p = memory_plan();
+  profiler::memory_set(Mem::Weights, p.weights);
+  profiler::memory_set(Mem::MasterWeights, p.master_weights);
+  profiler::memory_set(Mem::Gradients, p.gradients);
+  profiler::memory_set(Mem::OptimizerMoments, p.moments);
+  profiler::memory_set(Mem::Activations, p.activations);
+  profiler::memory_set(Mem::TeacherWeights, p.teacher_weights);
+  profiler::memory_set(Mem::TeacherScratch, p.teacher_scratch);
+  profiler::memory_set(Mem::LossWorkspace, p.loss_workspace);
+  profiler::memory_set(Mem::Other, p.other);
+}
+
+namespace {
+
+// Why the CUDA kernels cannot run this pair of models ("" when they can), in the recipe's terms.
+std::string cuda_unsupported(const GPT2Config& student, const GPT2Config* teacher) {
+  for (const GPT2Config* c : {&student, teacher}) {
+    if (c == nullptr) continue;
+    const int hs = c->n_embd / c->n_head;
+    if (hs != 64 && hs != 128)
+      return std::string(c == &student ? "[student]" : "[teacher]") +
+             " n_embd / n_head = " + std::to_string(hs) +
+             ": the CUDA attention kernel supports head sizes 64 and 128";
+  }
+  return "";
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(DeviceChoice device, GPT2& student, const GPT2* teacher,
+                                      const LossConfig& loss, const AdamWConfig& adamw,
+                                      const StepShape& shape, std::ostream& out) {
+  if (device == DeviceChoice::Cpu) return make_cpu_backend(student, teacher, loss, adamw, shape);
+  const DeviceInfo& dev = probe_device();
+  if (!dev.cuda_usable) {
+    if (device == DeviceChoice::Cuda)
+      throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
+    out << "device: cpu (" << dev.reason << ")\n";
+    return make_cpu_backend(student, teacher, loss, adamw, shape);
+  }
+  const std::string why =
+      cuda_unsupported(student.config(), teacher ? &teacher->config() : nullptr);
+  if (!why.empty()) {
+    if (device == DeviceChoice::Cuda) throw InputError(why + " (use the CPU, or change n_head)");
+    out << "device: cpu (" << why << ")\n";
+    return make_cpu_backend(student, teacher, loss, adamw, shape);
+  }
+#ifdef KD_WITH_CUDA
+  out << "device: cuda (" << dev.name << ")\n";
+  return std::make_unique<CudaBackend>(student, teacher, loss, adamw, shape.B, shape.T,
+                                       shape.grad_accum);
+#else
+  // probe_device() never reports a usable GPU in a build without the CUDA backend.
+  throw ContractError("make_backend: a usable GPU in a build without the CUDA backend");
+#endif
+}
+
+}  // namespace kd

@@ -1,0 +1,427 @@
+// The CUDA backend (see engine/train/cuda_backend.h for the data flow). Built only with the CUDA
+// backend; without it this file compiles to nothing and make_backend never offers "cuda".
+#include "engine/train/cuda_backend.h"
+
+#include <stdexcept>
+#include <string>
+
+#ifdef KD_WITH_CUDA
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "engine/base/profiler.h"
+#include "engine/base/trace.h"
+#include "model/gpt2_cuda.h"
+
+namespace kd {
+
+namespace {
+
+size_t align256(size_t b) {
+  return (b + 255) & ~size_t{255};
+}
+
+// Page-locked host memory (for asynchronous copies).
+class PinnedBlock {
+ public:
+  explicit PinnedBlock(size_t bytes) { KD_CUDA_CHECK(cudaMallocHost(&p_, bytes > 0 ? bytes : 1)); }
+  ~PinnedBlock() {
+    if (p_ != nullptr) cudaFreeHost(p_);
+  }
+  PinnedBlock(const PinnedBlock&) = delete;
+  PinnedBlock& operator=(const PinnedBlock&) = delete;
+  char* get() const { return static_cast<char*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+};
+
+// The step's stream (blocking with respect to the legacy default stream, so plain cudaMemcpy calls
+// elsewhere stay ordered with it).
+class Stream {
+ public:
+  Stream() { KD_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() {
+    cudaStreamSynchronize(s_);
+    cudaStreamDestroy(s_);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// The profiler's GPU clock: mark() records an event on the step's stream and returns its index;
+// resolve() waits for the last event once, then converts every token to nanoseconds after the
+// step's first event (plus the host time of that first mark, so steps line up on one timeline).
+// Events are created on demand and reused from step to step.
+class EventClock final : public profiler::Clock {
+ public:
+  explicit EventClock(cudaStream_t s) : stream_(s) {}
+  ~EventClock() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  int64_t mark() override {
+    if (used_ == 0)
+      base_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::steady_clock::now().time_since_epoch())
+                     .count();
+    if (used_ == events_.size()) {
+      cudaEvent_t e;
+      KD_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    KD_CUDA_CHECK(cudaEventRecord(events_[used_], stream_));
+    return static_cast<int64_t>(used_++);
+  }
+  void resolve(std::vector<int64_t>& tokens) override {
+    if (used_ == 0) return;
+    KD_CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1]));
+    for (int64_t& t : tokens) {
+      // The profiler also hands over the end of a range still open at step_end as -1: not a
+      // token of this clock, left as it is.
+      if (t < 0 || static_cast<size_t>(t) >= used_) continue;
+      float ms = 0;
+      KD_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[0], events_[static_cast<size_t>(t)]));
+      t = base_ns_ + static_cast<int64_t>(static_cast<double>(ms) * 1e6);
+    }
+    used_ = 0;
+  }
+  const char* name() const override { return "cuda_events"; }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+  size_t used_ = 0;
+  int64_t base_ns_ = 0;
+};
+
+// What the single sync of a step reads back.
+struct StepReadback {
+  LossSums sums;
+  float norm = 0;
+  float scale = 1;
+};
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  Impl(const GPT2& student_cpu, const GPT2* teacher_cpu, const LossConfig& loss_cfg,
+       const AdamWConfig& adamw_cfg, int B_, int T_, int A_, bool stochastic, uint64_t seed)
+      : B(B_), T(T_), A(A_), N(static_cast<size_t>(B_) * T_), loss(loss_cfg), adamw(adamw_cfg) {
+    KD_REQUIRE(A >= 1, "CudaBackend: grad_accum must be >= 1");
+    rounding.stochastic = stochastic;
+    rounding.seed = seed;
+    // The kernels take their small scratch from the stream-ordered allocator; keep what it frees in
+    // the pool so that, after the first step, no step reaches the driver for memory.
+    int dev = 0;
+    KD_CUDA_CHECK(cudaGetDevice(&dev));
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+      uint64_t keep = std::numeric_limits<uint64_t>::max();
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+    }
+    cudaGetLastError();
+
+    V = student_cpu.config().vocab_size;
+    if (teacher_cpu != nullptr) {
+      Vt = teacher_cpu->config().vocab_size;
+      KD_REQUIRE(Vt >= V, "CudaBackend: the teacher's vocabulary (" + std::to_string(Vt) +
+                              ") is smaller than the student's (" + std::to_string(V) + ")");
+      KD_REQUIRE(T <= teacher_cpu->config().block_size,
+                 "CudaBackend: T exceeds the teacher's block_size");
+    } else {
+      Vt = V;
+      loss.kd_weight = 0.0f;
+    }
+    student = std::make_unique<GPT2Cuda>(student_cpu, B, T, GPT2Cuda::Role::Student, stream);
+    if (teacher_cpu != nullptr)
+      teacher = std::make_unique<GPT2Cuda>(*teacher_cpu, B, T, GPT2Cuda::Role::Teacher, stream);
+
+    // Loss workspace: teacher logits of one micro-batch, the device sums, norm and clip scale.
+    const size_t tlog_bytes = teacher ? align256(N * static_cast<size_t>(Vt) * 2) : 0;
+    loss_block = DeviceBlock(tlog_bytes + align256(sizeof(StepReadback)));
+    tlogits = teacher ? reinterpret_cast<cuda::bf16*>(loss_block.get()) : nullptr;
+    readback_dev = reinterpret_cast<StepReadback*>(loss_block.get() + tlog_bytes);
+    // Other: the step's tokens and targets on the device, and the AdamW spans.
+    const auto& table = student_cpu.table();
+    std::vector<ParamSpan> spans;
+    for (const auto& p : table) spans.push_back({p.offset, p.numel, p.decay});
+    num_spans = static_cast<int>(spans.size());
+    const size_t tok_bytes = align256(static_cast<size_t>(A) * N * sizeof(int32_t));
+    other_block = DeviceBlock(2 * tok_bytes + align256(spans.size() * sizeof(ParamSpan)));
+    tokens_dev = reinterpret_cast<int32_t*>(other_block.get());
+    targets_dev = reinterpret_cast<int32_t*>(other_block.get() + tok_bytes);
+    spans_dev = reinterpret_cast<ParamSpan*>(other_block.get() + 2 * tok_bytes);
+    KD_CUDA_CHECK(cudaMemcpyAsync(spans_dev, spans.data(), spans.size() * sizeof(ParamSpan),
+                                  cudaMemcpyHostToDevice, stream));
+    pinned_tokens = std::make_unique<PinnedBlock>(2 * tok_bytes);
+    pinned_readback = std::make_unique<PinnedBlock>(sizeof(StepReadback));
+    KD_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  ~Impl() { cudaStreamSynchronize(stream); }
+
+  int32_t* pinned_in() const { return reinterpret_cast<int32_t*>(pinned_tokens->get()); }
+  int32_t* pinned_tg() const {
+    return reinterpret_cast<int32_t*>(pinned_tokens->get() +
+                                      align256(static_cast<size_t>(A) * N * sizeof(int32_t)));
+  }
+  StepReadback* readback_host() const {
+    return reinterpret_cast<StepReadback*>(pinned_readback->get());
+  }
+
+  // Checks the ids on the host (the kernels do not), stages them in pinned memory and queues the
+  // copies. Returns the supervised rows. n = number of ids of inputs and of targets.
+  int64_t stage(const int32_t* inputs, const int32_t* targets, size_t n) {
+    int64_t rows = 0;
+    for (size_t i = 0; i < n; ++i) {
+      KD_REQUIRE(inputs[i] >= 0 && inputs[i] < V,
+                 "CudaBackend: token id " + std::to_string(inputs[i]) +
+                     " outside the vocabulary of " + std::to_string(V));
+      KD_REQUIRE(targets[i] < V, "CudaBackend: target id " + std::to_string(targets[i]) +
+                                     " outside the vocabulary of " + std::to_string(V));
+      rows += targets[i] >= 0;
+    }
+    // The previous use of the pinned buffers ended with a synchronisation, so they are free.
+    std::memcpy(pinned_in(), inputs, n * sizeof(int32_t));
+    std::memcpy(pinned_tg(), targets, n * sizeof(int32_t));
+    KD_CUDA_CHECK(cudaMemcpyAsync(tokens_dev, pinned_in(), n * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, stream));
+    KD_CUDA_CHECK(cudaMemcpyAsync(targets_dev, pinned_tg(), n * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, stream));
+    return rows;
+  }
+
+  // Micro-batches, loss and backward; then the norm (and the clip scale) on the device.
+  void forward_backward(const int32_t* inputs, const int32_t* targets, float grad_clip) {
+    const int64_t rows = stage(inputs, targets, static_cast<size_t>(A) * N);
+    const float inv_norm = 1.0f / static_cast<float>(std::max<int64_t>(1, rows));
+    student->zero_grad();
+    KD_CUDA_CHECK(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream));
+    for (int a = 0; a < A; ++a) {
+      const int32_t* tok = tokens_dev + static_cast<size_t>(a) * N;
+      const int32_t* tg = targets_dev + static_cast<size_t>(a) * N;
+      if (teacher) {
+        KD_RANGE_P("teacher_forward", Phase::TeacherForward, a);
+        teacher->forward_inference(tlogits, tok, B, T);
+      }
+      {
+        KD_RANGE_P("student_forward", Phase::StudentForward, a);
+        student->forward(tok, B, T);
+      }
+      {
+        KD_RANGE_P("loss", Phase::Loss, a);
+        cuda::kd_loss(student->logits(), &readback_dev->sums, student->logits(),
+                      teacher ? tlogits : nullptr, Vt, tg, static_cast<int>(N), V, loss, inv_norm,
+                      stream);
+      }
+      KD_RANGE_P("student_backward", Phase::StudentBackward, a);
+      student->backward(student->logits());
+    }
+    cuda::global_norm(&readback_dev->norm, &readback_dev->scale, student->grads(),
+                      student->num_parameters(), grad_clip, stream);
+  }
+
+  // The step's only synchronisation: sums, norm and scale to the host.
+  StepResult finish() {
+    KD_CUDA_CHECK(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
+                                  cudaMemcpyDeviceToHost, stream));
+    KD_CUDA_CHECK(cudaStreamSynchronize(stream));
+    StepResult r;
+    r.sums = readback_host()->sums;
+    r.grad_norm = readback_host()->norm;
+    r.loss = r.sums.loss / static_cast<double>(std::max<int64_t>(1, r.sums.rows));
+    r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+    return r;
+  }
+
+  LossSums eval(const int32_t* inputs, const int32_t* targets, int b, int t, float temperature,
+                bool teacher_only) {
+    KD_REQUIRE(b >= 1 && t >= 1 && b <= B && t <= T,
+               "CudaBackend::eval_loss: (B, T) beyond the planned sizes");
+    KD_REQUIRE(!teacher_only || teacher, "CudaBackend::eval_teacher_loss: no teacher");
+    const size_t n = static_cast<size_t>(b) * t;
+    stage(inputs, targets, n);
+    KD_CUDA_CHECK(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream));
+    LossConfig ce;  // ce_weight 1, kd_weight 0: CE, and with a teacher the KL sum
+    // No phase ranges inside an evaluation (as on the CPU): the caller's "eval" range holds it.
+    if (teacher) teacher->forward_inference(tlogits, tokens_dev, b, t);
+    if (teacher_only) {
+      cuda::kd_loss(nullptr, &readback_dev->sums, tlogits, nullptr, Vt, targets_dev,
+                    static_cast<int>(n), Vt, ce, 1.0f, stream);
+    } else {
+      student->forward_inference(student->logits(), tokens_dev, b, t);
+      ce.temperature = temperature;
+      cuda::kd_loss(nullptr, &readback_dev->sums, student->logits(), teacher ? tlogits : nullptr,
+                    Vt, targets_dev, static_cast<int>(n), V, ce, 1.0f, stream);
+    }
+    return finish().sums;
+  }
+
+  int B, T, A;
+  size_t N;
+  int V = 0, Vt = 0;
+  LossConfig loss;
+  AdamWConfig adamw;
+  cuda::AdamWRounding rounding;
+  Stream stream_holder;  // destroyed after every buffer and model below
+  cudaStream_t stream = stream_holder.get();
+  std::unique_ptr<GPT2Cuda> student, teacher;
+  DeviceBlock loss_block, other_block;
+  cuda::bf16* tlogits = nullptr;
+  StepReadback* readback_dev = nullptr;
+  int32_t *tokens_dev = nullptr, *targets_dev = nullptr;
+  ParamSpan* spans_dev = nullptr;
+  int num_spans = 0;
+  std::unique_ptr<PinnedBlock> pinned_tokens, pinned_readback;
+  std::unique_ptr<EventClock> clock;  // the profiler's, created on request
+};
+
+CudaBackend::CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
+                         const AdamWConfig& adamw, int B, int T, int grad_accum,
+                         bool stochastic_rounding, uint64_t seed)
+    : impl_(std::make_unique<Impl>(student, teacher, loss, adamw, B, T, grad_accum,
+                                   stochastic_rounding, seed)) {}
+
+CudaBackend::~CudaBackend() = default;
+
+StepResult CudaBackend::step(const int32_t* inputs, const int32_t* targets, float lr,
+                             float grad_clip, int t) {
+  Impl& im = *impl_;
+  KD_REQUIRE(t >= 1, "CudaBackend::step: t is 1-based");
+  im.forward_backward(inputs, targets, grad_clip);
+  {
+    KD_RANGE_P("optimizer", Phase::Optimizer, t);
+    AdamWConfig cfg = im.adamw;
+    cfg.lr = lr;
+    GPT2Cuda& s = *im.student;
+    // The clip scale stays on the device: global_norm wrote it, adamw_update reads it.
+    cuda::adamw_update(s.weights(), s.master(), s.grads(), s.m(), s.v(), im.spans_dev, im.num_spans,
+                       s.num_parameters(), cfg, t, 1.0f, &im.readback_dev->scale, im.rounding,
+                       im.stream);
+  }
+  return im.finish();
+}
+
+StepResult CudaBackend::accumulate(const int32_t* inputs, const int32_t* targets) {
+  impl_->forward_backward(inputs, targets, 0.0f);
+  return impl_->finish();
+}
+
+LossSums CudaBackend::eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,
+                                   float temperature) {
+  return impl_->eval(inputs, targets, B, T, temperature, false);
+}
+
+LossSums CudaBackend::eval_teacher(const int32_t* inputs, const int32_t* targets, int B, int T) {
+  return impl_->eval(inputs, targets, B, T, 1.0f, true);
+}
+
+void CudaBackend::save_state(GPT2& cpu_model, std::vector<float>& m, std::vector<float>& v) {
+  impl_->student->copy_params_to(cpu_model);
+  impl_->student->download_moments(m, v);
+}
+
+void CudaBackend::load_state(const GPT2& cpu_model, const std::vector<float>& m,
+                             const std::vector<float>& v) {
+  impl_->student->copy_params_from(cpu_model);
+  impl_->student->upload_moments(m, v);
+}
+
+std::vector<float> CudaBackend::gradients() const {
+  return impl_->student->download_grads();
+}
+
+std::vector<float> CudaBackend::master_weights() const {
+  return impl_->student->download_master();
+}
+
+std::vector<float> CudaBackend::student_logits(const int32_t* tokens, int B, int T) {
+  Impl& im = *impl_;
+  KD_REQUIRE(B >= 1 && T >= 1 && B <= im.B && T <= im.T,
+             "CudaBackend::student_logits: (B, T) beyond the planned sizes");
+  const size_t n = static_cast<size_t>(B) * T;
+  std::vector<int32_t> no_targets(n, -1);
+  im.stage(tokens, no_targets.data(), n);
+  im.student->forward(im.tokens_dev, B, T);
+  return im.student->download_logits(B, T);
+}
+
+size_t CudaBackend::device_bytes() const {
+  const Impl& im = *impl_;
+  size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes();
+  if (im.teacher) b += im.teacher->memory().total();
+  return b;
+}
+
+profiler::Clock* CudaBackend::profiler_clock() {
+  Impl& im = *impl_;
+  if (!im.clock) im.clock = std::make_unique<EventClock>(im.stream);
+  return im.clock.get();
+}
+
+MemoryPlan CudaBackend::memory_plan() const {
+  const Impl& im = *impl_;
+  const GPT2CudaMemory& s = im.student->memory();
+  MemoryPlan p;
+  p.device = "cuda (bf16 weights and activations, fp32 master, gradients and moments)";
+  p.weights = s.weights;
+  p.master_weights = s.master_weights;
+  p.gradients = s.gradients;
+  p.moments = s.moments;
+  p.activations = s.activations;
+  p.teacher_weights = im.teacher ? im.teacher->memory().weights : 0;
+  p.teacher_scratch = im.teacher ? im.teacher->memory().scratch : 0;
+  p.loss_workspace = im.loss_block.bytes();
+  p.other = im.other_block.bytes();
+  return p;
+}
+
+int64_t CudaBackend::largest_micro_batch(std::string* note) const {
+  const Impl& im = *impl_;
+  const MemoryPlan p = memory_plan();
+  size_t free_b = 0, total_b = 0;
+  KD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  // What grows with the micro-batch: activations (student), scratch (teacher) and the teacher's
+  // logits, all linear in B. Keep 1 GiB (or 5%) back for cuBLASLt's workspace, the kernels'
+  // stream-ordered scratch and fragmentation.
+  const size_t per_batch = p.activations + p.teacher_scratch + p.loss_workspace;
+  const double per_seq = static_cast<double>(per_batch) / im.B;
+  const double reserve = std::max(double(size_t{1} << 30), 0.05 * double(total_b));
+  const double spare = std::max(0.0, double(free_b) - reserve);
+  const int64_t max_b = im.B + static_cast<int64_t>(std::floor(spare / per_seq));
+  if (note != nullptr) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "micro_batch %d uses %.1f MiB of per-batch buffers (%.1f MiB per sequence at T = "
+                  "%d); %.0f MiB free after allocation, %.0f MiB kept in reserve",
+                  im.B, per_batch / 1048576.0, per_seq / 1048576.0, im.T, free_b / 1048576.0,
+                  reserve / 1048576.0);
+    *note = buf;
+  }
+  return max_b;
+}
+
+void CudaBackend::report_memory() const {
+  Backend::report_memory();
+  size_t free_b = 0, total_b = 0;
+  KD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  profiler::set_device_memory(free_b, total_b);
+  std::string note;
+  const int64_t max_b = largest_micro_batch(&note);
+  profiler::set_fit_estimate(max_b, note);
+}
+
+}  // namespace kd
+
+#endif  // KD_WITH_CUDA

@@ -1,0 +1,91 @@
+// The CUDA backend: the step of backend.h with a student (and optionally a frozen teacher) resident
+// on the GPU, and ONE host synchronisation per optimizer step, at its end, to read the loss sums
+// and the gradient norm.
+//
+//   step(inputs, targets, lr, clip, t):
+//     copy the step's tokens and targets (pinned host -> device, async, on the step's stream)
+//     zero the gradients and the device loss sums
+//     for each of grad_accum micro-batches:
+//       teacher.forward_inference -> teacher logits [B,T,Vt] (bf16, loss workspace)
+//       student.forward           -> logits [B,T,V] (bf16)
+//       kd_loss                   -> sums += ..., dlogits written over the logits, already scaled
+//                                    by 1 / (supervised tokens of the whole step)
+//       student.backward          -> fp32 gradients += ...
+//     global_norm (deterministic) -> norm and clip scale, left on the device
+//     adamw_update (one launch)   -> fp32 master, m, v; bf16 weights rewritten from master
+//     copy sums + norm to pinned host memory; synchronise once; return them
+//
+// This header has no CUDA types. It exists only in builds with the CUDA backend (KD_WITH_CUDA);
+// make_backend (backend.h) is how the trainer reaches it.
+#pragma once
+
+#ifdef KD_WITH_CUDA
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/train/backend.h"
+
+namespace kd {
+
+class CudaBackend final : public Backend {
+ public:
+  // Uploads the student (fp32 master + bf16 copy, zero moments) and the teacher (bf16), and plans
+  // every device buffer for micro-batches of B sequences of T tokens, grad_accum per step.
+  // teacher may be null (plain CE pretraining; loss.kd_weight is then ignored). The teacher's
+  // vocabulary must be >= the student's (a padded teacher is read on its first V columns).
+  // stochastic_rounding rounds the master -> bf16 copy stochastically (seeded by seed).
+  CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
+              const AdamWConfig& adamw, int B, int T, int grad_accum,
+              bool stochastic_rounding = false, uint64_t seed = 0);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const char* name() const override { return "cuda"; }
+
+  // Tokens must lie in [0, V). One host synchronisation, at the end.
+  StepResult step(const int32_t* inputs, const int32_t* targets, float lr, float grad_clip,
+                  int t) override;
+  // Synchronises.
+  LossSums eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,
+                        float temperature) override;
+  LossSums eval_teacher(const int32_t* inputs, const int32_t* targets, int B, int T) override;
+  // The fp32 master weights and the moments to the host / from the host. Synchronise.
+  void save_state(GPT2& cpu_model, std::vector<float>& m, std::vector<float>& v) override;
+  void load_state(const GPT2& cpu_model, const std::vector<float>& m,
+                  const std::vector<float>& v) override;
+  MemoryPlan memory_plan() const override;
+  // The plan, plus cudaMemGetInfo and the largest micro-batch that would fit.
+  void report_memory() const override;
+  // Stamps ranges with CUDA events recorded on the step's stream, resolved once per step (one
+  // synchronisation) into nanoseconds. Owned by this object.
+  profiler::Clock* profiler_clock() override;
+
+  // The largest micro-batch that would fit next to what is allocated now (activations, teacher
+  // scratch and teacher logits grow linearly in B); `note` says how it was reckoned.
+  int64_t largest_micro_batch(std::string* note = nullptr) const;
+
+  // For tests and diagnostics (each synchronises):
+  // the step without the update: gradients of the step's loss are left in the device gradient
+  // buffer; returns the sums and the norm.
+  StepResult accumulate(const int32_t* inputs, const int32_t* targets);
+  // the fp32 gradient buffer, the fp32 master weights, and the student's logits [B,T,V] of a
+  // training forward on host tokens.
+  std::vector<float> gradients() const;
+  std::vector<float> master_weights() const;
+  std::vector<float> student_logits(const int32_t* tokens, int B, int T);
+  // Device bytes of every buffer this object allocated.
+  size_t device_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kd
+
+#endif  // KD_WITH_CUDA
