@@ -35,7 +35,7 @@ const kd::Tokenizer* gpt2() {
   static std::unique_ptr<kd::Tokenizer> tok = [] {
     const std::string dir = shared_data() + "/gpt2-bpe";
     if (!std::filesystem::exists(dir + "/encoder.json")) return std::unique_ptr<kd::Tokenizer>();
-    return kd::make_tokenizer("gpt2", dir + "/encoder.json", dir + "/vocab.bpe");
+    return kd::make_tokenizer(kd::TokenizerKind::Gpt2, dir + "/encoder.json", dir + "/vocab.bpe");
   }();
   return tok.get();
 }
@@ -74,7 +74,8 @@ void BM_Gpt2Load(benchmark::State& state) {
     return;
   }
   for (auto _ : state) {
-    benchmark::DoNotOptimize(kd::make_tokenizer("gpt2", dir + "/encoder.json", dir + "/vocab.bpe"));
+    benchmark::DoNotOptimize(
+        kd::make_tokenizer(kd::TokenizerKind::Gpt2, dir + "/encoder.json", dir + "/vocab.bpe"));
   }
 }
 BENCHMARK(BM_Gpt2Load)->Unit(benchmark::kMillisecond);

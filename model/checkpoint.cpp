@@ -1,5 +1,10 @@
 #include "model/checkpoint.h"
 
+#include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -212,6 +217,75 @@ GPT2 load_model(const std::string& dir) {
           "does not support");
   }
   return m;
+}
+
+namespace {
+
+void fsync_path(const std::filesystem::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Puts the finished directory `tmp` in place of `dir`: a plain rename when `dir` does not exist,
+// else an exchange of the two names (any file type, a symbolic link included) and the removal of
+// what `tmp` names afterwards. Where the file system cannot exchange, the old one is moved aside
+// first (a short moment without `dir`).
+void swap_in(const std::filesystem::path& tmp, const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir))) {
+    fs::rename(tmp, dir);
+  } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(tmp, ec);  // now the old directory (or link)
+  } else {
+    const fs::path old = dir.parent_path() / (".old-" + dir.filename().string());
+    fs::remove_all(old, ec);
+    fs::rename(dir, old);
+    fs::rename(tmp, dir);
+    fs::remove_all(old, ec);
+  }
+  fsync_path(dir.parent_path());
+}
+
+}  // namespace
+
+void write_dir_atomically(const std::string& dir,
+                          const std::function<void(const std::string& tmp)>& fill) {
+  namespace fs = std::filesystem;
+  const fs::path target(dir);
+  const fs::path tmp = target.parent_path() / (".tmp-" + target.filename().string());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  try {
+    fill(tmp.string());
+    fsync_path(tmp);
+    swap_in(tmp, target);
+  } catch (...) {
+    fs::remove_all(tmp, ec);  // never leave a half-written directory behind
+    throw;
+  }
+}
+
+void publish_checkpoint_copy(const std::string& src, const std::string& dst) {
+  namespace fs = std::filesystem;
+  write_dir_atomically(dst, [&](const std::string& tmp) {
+    for (const auto& e : fs::recursive_directory_iterator(src)) {
+      const fs::path to = fs::path(tmp) / fs::relative(e.path(), src);
+      if (e.is_directory()) {
+        fs::create_directories(to);
+        continue;
+      }
+      std::error_code ec;
+      fs::create_hard_link(e.path(), to, ec);
+      if (ec) {  // a file system without hard links: a copy, made durable like the original
+        fs::copy_file(e.path(), to, fs::copy_options::overwrite_existing);
+        fsync_path(to);
+      }
+    }
+  });
 }
 
 }  // namespace kd

@@ -4,6 +4,7 @@
 // load_model reads checkpoints saved by transformers (fp32, fp16 or bf16). See docs/checkpoints.md.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "engine/base/json.h"
@@ -32,5 +33,19 @@ GPT2Config load_config(const std::string& dir);
 // equals wte.weight. Throws InputError naming the file and the tensor for a missing, duplicated,
 // unexpected or wrongly shaped tensor.
 GPT2 load_model(const std::string& dir);
+
+// Writes the directory `dir` as a whole: fill(tmp) writes its files into a fresh sibling
+// ".tmp-<name>" (fsyncing each), which is then fsynced and renamed to `dir`. An older `dir` is
+// swapped out in the same rename (renameat2 RENAME_EXCHANGE) and then removed, so at every instant
+// `dir` is either the old complete directory or the new complete one. On any failure the temporary
+// directory is removed and the error rethrown.
+void write_dir_atomically(const std::string& dir,
+                          const std::function<void(const std::string& tmp)>& fill);
+
+// Makes `dst` (a run's `final`) a real directory holding the files of the checkpoint `src`:
+// hard links to them (copies where the file system refuses links), built in ".tmp-<name>" and
+// swapped in by write_dir_atomically's rule. It replaces an older `dst`, a symbolic link to a
+// checkpoint included (the layout before), and `cp -r dst elsewhere` copies a complete checkpoint.
+void publish_checkpoint_copy(const std::string& src, const std::string& dst);
 
 }  // namespace kd

@@ -285,8 +285,8 @@ TEST(LoadTokens, TinyShakespeareWithGpt2MatchesFixtureCount) {
   if (!fs::exists(text) || !fs::exists(data + "/gpt2-bpe/encoder.json")) {
     GTEST_SKIP() << "shared corpora not found under " << data;
   }
-  const auto tok =
-      kd::make_tokenizer("gpt2", data + "/gpt2-bpe/encoder.json", data + "/gpt2-bpe/vocab.bpe");
+  const auto tok = kd::make_tokenizer(kd::TokenizerKind::Gpt2, data + "/gpt2-bpe/encoder.json",
+                                      data + "/gpt2-bpe/vocab.bpe");
   const std::string cache = test_dir() + "/cache";
   const auto a = kd::load_tokens(text, *tok, cache);
   const auto b = kd::load_tokens(text, *tok, cache);

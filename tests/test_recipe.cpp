@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -151,10 +154,10 @@ TEST_F(RecipeTest, FullRecipeLoadsEveryValue) {
   EXPECT_EQ(r.run.name, "full");
   EXPECT_EQ(r.run.out_dir, abs("out/full"));
   EXPECT_EQ(r.run.seed, 7);
-  EXPECT_EQ(r.run.device, "cpu");
+  EXPECT_EQ(r.run.device, kd::Device::Cpu);
   EXPECT_EQ(r.data.train, abs("data/input.txt"));
   EXPECT_EQ(r.data.val, abs("data/val.txt"));
-  EXPECT_EQ(r.data.tokenizer, "gpt2");
+  EXPECT_EQ(r.data.tokenizer, kd::TokenizerKind::Gpt2);
   EXPECT_EQ(r.data.encoder, abs("bpe/encoder.json"));
   EXPECT_EQ(r.data.vocab_bpe, abs("bpe/vocab.bpe"));
   EXPECT_EQ(r.data.cache_dir, abs("cache"));
@@ -169,7 +172,7 @@ TEST_F(RecipeTest, FullRecipeLoadsEveryValue) {
   EXPECT_EQ(r.loss.ce_weight, 0.25);
   EXPECT_EQ(r.loss.kd_weight, 0.75);
   EXPECT_EQ(r.loss.temperature, 4.0);
-  EXPECT_EQ(r.loss.divergence, "jsd");
+  EXPECT_EQ(r.loss.divergence, kd::Divergence::JSD);
   EXPECT_EQ(r.loss.beta, 0.3);
   EXPECT_FALSE(r.loss.t2_scaling);
   EXPECT_EQ(r.train.micro_batch, 5);
@@ -185,7 +188,7 @@ TEST_F(RecipeTest, FullRecipeLoadsEveryValue) {
   EXPECT_EQ(r.optim.weight_decay, 0.05);
   EXPECT_EQ(r.optim.grad_clip, 0.5);
   EXPECT_EQ(r.schedule.warmup_steps, 12);
-  EXPECT_EQ(r.schedule.decay, "linear");
+  EXPECT_EQ(r.schedule.decay, kd::Decay::Linear);
   EXPECT_EQ(r.schedule.min_lr, 1e-5);
   EXPECT_EQ(r.checkpoint.every, 40);
   EXPECT_EQ(r.checkpoint.keep_last, 3);
@@ -203,10 +206,10 @@ TEST_F(RecipeTest, DefaultsWithoutTeacher) {
   EXPECT_EQ(r.run.name, "run");
   EXPECT_EQ(r.run.out_dir, abs("runs/run"));
   EXPECT_EQ(r.run.seed, 1337);
-  EXPECT_EQ(r.run.device, "auto");
+  EXPECT_EQ(r.run.device, kd::Device::Auto);
   EXPECT_EQ(r.data.val, "");
   EXPECT_EQ(r.data.val_fraction, 0.1);
-  EXPECT_EQ(r.data.tokenizer, "bytes");
+  EXPECT_EQ(r.data.tokenizer, kd::TokenizerKind::Bytes);
   EXPECT_EQ(r.data.encoder, "");
   EXPECT_EQ(r.data.cache_dir, abs("runs/run/cache"));
   EXPECT_EQ(r.student.vocab_size, 256);
@@ -214,7 +217,7 @@ TEST_F(RecipeTest, DefaultsWithoutTeacher) {
   EXPECT_EQ(r.loss.ce_weight, 1.0);
   EXPECT_EQ(r.loss.kd_weight, 0.0);
   EXPECT_EQ(r.loss.temperature, 2.0);
-  EXPECT_EQ(r.loss.divergence, "forward_kl");
+  EXPECT_EQ(r.loss.divergence, kd::Divergence::ForwardKL);
   EXPECT_EQ(r.loss.beta, 0.5);
   EXPECT_TRUE(r.loss.t2_scaling);
   EXPECT_EQ(r.train.micro_batch, 8);
@@ -229,7 +232,7 @@ TEST_F(RecipeTest, DefaultsWithoutTeacher) {
   EXPECT_EQ(r.optim.weight_decay, 0.1);
   EXPECT_EQ(r.optim.grad_clip, 1.0);
   EXPECT_EQ(r.schedule.warmup_steps, 0);
-  EXPECT_EQ(r.schedule.decay, "cosine");
+  EXPECT_EQ(r.schedule.decay, kd::Decay::Cosine);
   EXPECT_DOUBLE_EQ(r.schedule.min_lr, 1e-4);  // lr / 10
   EXPECT_EQ(r.checkpoint.every, 0);
   EXPECT_EQ(r.checkpoint.keep_last, 2);
@@ -283,6 +286,118 @@ TEST_F(RecipeTest, DocumentationListsEveryKey) {
   EXPECT_GE(rows, 40);
   for (const char* key : {"init", "val"})
     EXPECT_NE(doc.find("| `" + std::string(key) + "` |"), std::string::npos);
+}
+
+// docs/recipes.md has a "## [section]" heading per section and under it a row per key:
+// | `key` | type | default | allowed | meaning |. The rows are exactly the key table's keys, with
+// its type, default and meaning, and an "allowed" column that starts with the table's range or
+// choices (the docs may add the rules between keys after it).
+TEST_F(RecipeTest, DocsListExactlyTheTableKeys) {
+  std::ifstream in(std::string(KD_SOURCE_DIR) + "/docs/recipes.md");
+  ASSERT_TRUE(in) << "docs/recipes.md is missing";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::map<std::string, std::vector<std::string>> rows;  // "section.key" -> its cells
+  std::set<std::string> headings;
+  std::string section;
+  for (const std::string& l : lines(ss.str())) {
+    if (l.rfind("## ", 0) == 0) {
+      const bool is_section = l.rfind("## [", 0) == 0 && l.back() == ']';
+      section = is_section ? l.substr(4, l.size() - 5) : "";
+      if (is_section) {
+        EXPECT_TRUE(headings.insert(section).second) << l << " twice";
+      }
+      continue;
+    }
+    if (section.empty() || l.rfind("| `", 0) != 0) continue;
+    std::vector<std::string> cells;
+    std::string cell;
+    for (char c : l.substr(1)) {
+      if (c != '|') {
+        cell += c;
+        continue;
+      }
+      const size_t b = cell.find_first_not_of(' '), e = cell.find_last_not_of(' ');
+      cells.push_back(b == std::string::npos ? "" : cell.substr(b, e - b + 1));
+      cell.clear();
+    }
+    ASSERT_EQ(cells.size(), 5u) << l;
+    const std::string id = section + "." + cells[0].substr(1, cells[0].size() - 2);
+    EXPECT_TRUE(rows.emplace(id, cells).second) << id << " listed twice";
+  }
+
+  const std::vector<kd::RecipeKeyDoc> keys = kd::recipe_keys();
+  EXPECT_GE(keys.size(), 47u);
+  std::set<std::string> sections;
+  for (const kd::RecipeKeyDoc& k : keys) {
+    sections.insert(k.section);
+    const std::string id = k.section + "." + k.name;
+    const std::string row = "| `" + k.name + "` | " + k.type + " | " + k.default_value + " | " +
+                            k.allowed + " | " + k.doc + " |";
+    const auto it = rows.find(id);
+    if (it == rows.end()) {
+      ADD_FAILURE() << id << " is missing from docs/recipes.md; under ## [" << k.section
+                    << "] add\n"
+                    << row;
+      continue;
+    }
+    const std::vector<std::string>& c = it->second;
+    EXPECT_EQ(c[1], k.type) << id;
+    EXPECT_EQ(c[2], k.default_value) << id;
+    EXPECT_EQ(c[3].rfind(k.allowed, 0), 0u) << id << ": allowed should start with " << k.allowed;
+    EXPECT_EQ(c[4], k.doc) << id;
+    rows.erase(it);
+  }
+  for (const auto& [id, cells] : rows) ADD_FAILURE() << id << " is documented but not a key";
+  EXPECT_EQ(headings, sections);
+}
+
+// Each choice is one enum, its words declared once: reading, --set and the writer agree.
+TEST_F(RecipeTest, ChoicesAreEnumsWithOneSpelling) {
+  const std::string p = write("r.toml", kMinimal);
+  auto check = [&](const char* key, auto all, auto field) {
+    std::set<std::string> words;
+    for (auto v : all) {
+      const std::string word = kd::to_string(v);
+      EXPECT_TRUE(words.insert(word).second) << word << " twice";
+      EXPECT_EQ(kd::parse_choice<decltype(v)>(word), v) << word;
+      const kd::Recipe r = kd::load_recipe(p, {std::string(key) + "=" + word});
+      EXPECT_EQ(field(r), v) << key << "=" << word;
+      const std::string dotted = key;
+      const std::string line = dotted.substr(dotted.find('.') + 1) + " = \"" + word + "\"\n";
+      EXPECT_NE(kd::recipe_to_toml(r).find(line), std::string::npos) << line;
+    }
+  };
+  check("run.device", std::array{kd::Device::Auto, kd::Device::Cpu, kd::Device::Cuda},
+        [](const kd::Recipe& r) { return r.run.device; });
+  check("schedule.decay", std::array{kd::Decay::Cosine, kd::Decay::Linear, kd::Decay::Constant},
+        [](const kd::Recipe& r) { return r.schedule.decay; });
+  check("loss.divergence",
+        std::array{kd::Divergence::ForwardKL, kd::Divergence::ReverseKL, kd::Divergence::JSD},
+        [](const kd::Recipe& r) { return r.loss.divergence; });
+  check("data.tokenizer", std::array{kd::TokenizerKind::Bytes},
+        [](const kd::Recipe& r) { return r.data.tokenizer; });
+  EXPECT_FALSE(kd::parse_choice<kd::Device>("gpu").has_value());
+  EXPECT_FALSE(kd::parse_choice<kd::Decay>("Cosine").has_value());
+}
+
+// cache_dir = "" turns the token cache off; every other path must be non-empty.
+TEST_F(RecipeTest, EmptyCacheDirMeansNoCache) {
+  const std::string p = write("r.toml", std::string(kMinimal).substr(0, 32) + "cache_dir = \"\"\n" +
+                                            std::string(kMinimal).substr(32));
+  const kd::Recipe r = kd::load_recipe(p);
+  EXPECT_EQ(r.data.cache_dir, "");
+  EXPECT_NE(kd::recipe_to_toml(r).find("\ncache_dir = \"\"\n"), std::string::npos);
+  EXPECT_EQ(kd::load_recipe(write("again.toml", kd::recipe_to_toml(r))), r);
+  // A bare empty --set says the same; the diff shows the change.
+  const kd::Recipe d = kd::load_recipe(write("d.toml", kMinimal));
+  const kd::Recipe off = kd::load_recipe(write("d.toml", kMinimal), {"data.cache_dir="});
+  EXPECT_EQ(off.data.cache_dir, "");
+  EXPECT_EQ(
+      kd::recipe_diff(d, off),
+      (std::vector<std::string>{"data.cache_dir: \"" + abs("runs/run/cache") + "\" -> \"\""}));
+  EXPECT_EQ(errors_of(p, {"run.out_dir="}),
+            "--set run.out_dir: error: [run] out_dir must not be empty");
 }
 
 TEST_F(RecipeTest, UnknownKeySuggestsTheClosest) {
@@ -533,7 +648,7 @@ TEST_F(RecipeTest, OverridesReplaceAndAdd) {
       p, {"optim.lr=2e-3", "run.device=cpu", "run.name = \"quoted\"", "train.max_steps=7",
           "loss.t2_scaling=false", "data.val=data/val.txt", "schedule.min_lr=0"});
   EXPECT_EQ(r.optim.lr, 2e-3);
-  EXPECT_EQ(r.run.device, "cpu");
+  EXPECT_EQ(r.run.device, kd::Device::Cpu);
   EXPECT_EQ(r.run.name, "quoted");
   EXPECT_EQ(r.train.max_steps, 7);
   EXPECT_FALSE(r.loss.t2_scaling);
@@ -640,7 +755,7 @@ TEST_F(RecipeTest, ShippedRecipesLoad) {
   const kd::Recipe g = kd::load_recipe(recipes + "gpt2_teacher_gpu.toml");
   EXPECT_EQ(g.student.vocab_size, 50257);
   EXPECT_EQ(g.train.seq_len, 1024);
-  EXPECT_EQ(g.run.device, "cuda");
+  EXPECT_EQ(g.run.device, kd::Device::Cuda);
   const kd::Recipe gk = kd::load_recipe(recipes + "gpt2_kd_gpu.toml", {stand_in});
   EXPECT_EQ(gk.student.n_layer, 6);
   EXPECT_EQ(gk.student.n_embd, 384);
@@ -661,6 +776,39 @@ TEST_F(RecipeTest, ShippedRecipesLoad) {
           << e;
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// [teacher] tokenizer declares the tokenizer of a teacher checkpoint that carries no tokenizer
+// files (model/checkpoint_tokenizer.h): read, written back, validated and documented.
+TEST_F(RecipeTest, TeacherTokenizerDeclaration) {
+  const std::string teach = "[teacher]\ncheckpoint = \"teacher_ckpt\"\n";
+  kd::Recipe plain = kd::load_recipe(write("a.toml", std::string(kMinimal) + teach));
+  EXPECT_EQ(plain.teacher.tokenizer, "");
+  EXPECT_EQ(kd::recipe_to_toml(plain).find("tokenizer = \"bytes\"\n[loss]"), std::string::npos);
+  const std::string p = write("b.toml", std::string(kMinimal) + teach + "tokenizer = \"bytes\"\n");
+  kd::Recipe r = kd::load_recipe(p);
+  EXPECT_EQ(r.teacher.tokenizer, "bytes");
+  const std::string toml = kd::recipe_to_toml(r);
+  const size_t sec = toml.find("[teacher]");
+  ASSERT_NE(sec, std::string::npos) << toml;
+  EXPECT_NE(toml.find("tokenizer = \"bytes\"", sec), std::string::npos) << toml;
+  EXPECT_EQ(kd::load_recipe(write("c.toml", toml)), r);
+  const std::string q =
+      write("d.toml", std::string(kMinimal) + teach + "tokenizer = \"sentencepiece\"\n");
+  EXPECT_EQ(errors_of(q), q + ":14:13: error: [teacher] tokenizer must be one of \"bytes\", "
+                              "\"gpt2\", got \"sentencepiece\"");
+  std::ifstream in(std::string(KD_SOURCE_DIR) + "/docs/recipes.md");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  const size_t head = doc.find("## [teacher]");
+  ASSERT_NE(head, std::string::npos);
+  const size_t row = doc.find("| `tokenizer` |", head);
+  EXPECT_TRUE(row != std::string::npos && row < doc.find("\n## ", head + 1));
 }
 
 }  // namespace

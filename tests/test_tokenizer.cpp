@@ -212,7 +212,7 @@ TEST(ByteTokenizer, IdentityOnBytes) {
   kd::ByteTokenizer tok;
   EXPECT_EQ(tok.vocab_size(), 256);
   EXPECT_EQ(tok.eot(), -1);
-  EXPECT_EQ(tok.name(), "byte");
+  EXPECT_EQ(tok.name(), "bytes");
   std::mt19937_64 g(7);
   for (int trial = 0; trial < 200; ++trial) {
     const std::string s = random_bytes(g, g() % 200);
@@ -258,7 +258,7 @@ class TinyVocab : public ::testing::Test {
   }
   std::string error_of(const std::string& enc, const std::string& merges) {
     try {
-      kd::make_tokenizer("gpt2", enc, merges);
+      kd::make_tokenizer(kd::TokenizerKind::Gpt2, enc, merges);
     } catch (const kd::InputError& e) {
       return e.what();
     }
@@ -270,7 +270,7 @@ class TinyVocab : public ::testing::Test {
 };
 
 TEST_F(TinyVocab, MergesByRank) {
-  const auto tok = kd::make_tokenizer("gpt2", encoder_, merges_);
+  const auto tok = kd::make_tokenizer(kd::TokenizerKind::Gpt2, encoder_, merges_);
   EXPECT_EQ(tok->vocab_size(), 260);
   EXPECT_EQ(tok->eot(), 259);
   // "abc": (b,c) has rank 0 so it merges before (a,b); then (a,bc) makes abc.
@@ -305,12 +305,18 @@ TEST_F(TinyVocab, ErrorsNameTheFile) {
 
   msg = error_of(encoder_, dir_ + "/nope.bpe");
   EXPECT_NE(msg.find("nope.bpe"), std::string::npos) << msg;
+}
 
-  try {
-    kd::make_tokenizer("sentencepiece", "", "");
-    FAIL() << "unknown kind accepted";
-  } catch (const kd::InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("sentencepiece"), std::string::npos);
+// A kind is parsed once from its word (recipes, checkpoints); each tokenizer calls itself by that
+// same word, which also names its token cache files.
+TEST_F(TinyVocab, KindsAreSpelledOneWay) {
+  EXPECT_STREQ(kd::to_string(kd::TokenizerKind::Bytes), "bytes");
+  EXPECT_STREQ(kd::to_string(kd::TokenizerKind::Gpt2), "gpt2");
+  for (const kd::TokenizerKind k : {kd::TokenizerKind::Bytes, kd::TokenizerKind::Gpt2}) {
+    const auto tok = kd::make_tokenizer(k, encoder_, merges_);
+    EXPECT_EQ(tok->name(), kd::to_string(k));
+    EXPECT_EQ(kd::parse_choice<kd::TokenizerKind>(tok->name()), k);
   }
-  EXPECT_EQ(kd::make_tokenizer("byte", "", "")->name(), "byte");
+  for (const char* word : {"sentencepiece", "byte", "Bytes", ""})
+    EXPECT_FALSE(kd::parse_choice<kd::TokenizerKind>(word).has_value()) << word;
 }

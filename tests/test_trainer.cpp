@@ -12,10 +12,12 @@
 
 #include "engine/base/error.h"
 #include "engine/base/json.h"
-#include "engine/io/recipe.h"
 #include "engine/base/rng.h"
+#include "engine/io/recipe.h"
+#include "engine/io/tokenizer.h"
 #include "engine/train/trainer.h"
 #include "model/checkpoint.h"
+#include "model/checkpoint_tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -103,7 +105,7 @@ TEST_F(TrainerTest, TwentyStepsEqualTenPlusResumePlusTen) {
       write_recipe("resumed", student() + "[checkpoint]\nevery = 10\nkeep_last = 3\n").string());
   kd::train(b, sink);
   fs::remove_all(dir_ / "resumed" / "step_000020");
-  fs::remove(dir_ / "resumed" / "final");
+  fs::remove_all(dir_ / "resumed" / "final");
   kd::Recipe c = kd::load_recipe((dir_ / "resumed.toml").string(),
                                  {"checkpoint.resume=true", "checkpoint.keep_last=4"});
   std::ostringstream resumed_out;
@@ -135,13 +137,50 @@ TEST_F(TrainerTest, CheckpointsAreCompleteAndPruned) {
   EXPECT_EQ(dirs, (std::vector<std::string>{"step_000015", "step_000020"}));
   for (const auto& d : dirs)
     for (const char* f : {"model.safetensors", "config.json", "optimizer.safetensors",
-                          "trainer_state.json", "tokenizer.json"})
+                          "trainer_state.json", "kdengine_tokenizer.json"})
       EXPECT_TRUE(fs::exists(dir_ / "ckpt" / d / f)) << d << "/" << f;
-  EXPECT_EQ(fs::read_symlink(dir_ / "ckpt" / "final").string(), "step_000020");
+  // kdengine's own metadata never sits under one of HF's file names.
+  EXPECT_FALSE(fs::exists(dir_ / "ckpt" / "step_000020" / "tokenizer.json"));
+  // `final` is a real directory holding the newest checkpoint's files (hard links to them).
+  const fs::path fin = dir_ / "ckpt" / "final";
+  EXPECT_FALSE(fs::is_symlink(fin));
+  ASSERT_TRUE(fs::is_directory(fin));
+  size_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir_ / "ckpt" / "step_000020")) {
+    ++n;
+    EXPECT_TRUE(fs::equivalent(e.path(), fin / e.path().filename())) << e.path();
+  }
+  EXPECT_EQ(n, size_t(std::distance(fs::directory_iterator(fin), fs::directory_iterator())));
   EXPECT_EQ(s.steps_done, 20);
   // Nothing temporary is left behind.
   for (const auto& e : fs::directory_iterator(dir_ / "ckpt"))
     EXPECT_NE(e.path().filename().string().rfind(".tmp", 0), 0u) << e.path();
+}
+
+// The token cache: by default one shard named after the tokenizer's kind under out_dir/cache;
+// cache_dir = "" writes none and trains on the same tokens. The checkpoint's tokenizer.json says
+// the same kind, and sampling rebuilds the tokenizer from it.
+TEST_F(TrainerTest, EmptyCacheDirTurnsTheCacheOff) {
+  std::ostringstream sink;
+  kd::train(kd::load_recipe(write_recipe("cached", student(), 4).string()), sink);
+  std::vector<std::string> cached;
+  for (const auto& e : fs::directory_iterator(dir_ / "cached" / "cache"))
+    cached.push_back(e.path().filename().string());
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].rfind("tokens-bytes-", 0), 0u) << cached[0];
+
+  kd::Recipe r =
+      kd::load_recipe(write_recipe("uncached", student(), 4).string(), {"data.cache_dir=\"\""});
+  ASSERT_EQ(r.data.cache_dir, "");
+  kd::train(r, sink);
+  EXPECT_FALSE(fs::exists(dir_ / "uncached" / "cache"));
+  EXPECT_EQ(loss_log(dir_ / "uncached"), loss_log(dir_ / "cached"));
+
+  const fs::path ckpt = dir_ / "uncached" / "final";
+  std::stringstream tok_json;
+  tok_json << std::ifstream(ckpt / "tokenizer.json").rdbuf();
+  EXPECT_EQ(kd::Json::parse(tok_json.str()).at("kind").as_string(), "bytes");
+  EXPECT_EQ(kd::sample_text(ckpt.string(), "the ", 4, 1.0, 5, 1).rfind("the ", 0), 0u);
 }
 
 TEST_F(TrainerTest, LearningRateSchedule) {
@@ -230,6 +269,7 @@ void write_teacher(const fs::path& dir, int vocab) {
   t.init_random(4);
   fs::create_directories(dir);
   kd::save_model(dir.string(), t);
+  kd::save_tokenizer_files(dir.string(), kd::ByteTokenizer(), c.block_size);
 }
 
 TEST_F(TrainerTest, TeacherVocabularySmallerThanStudentsIsBadInput) {

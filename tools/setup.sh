@@ -25,12 +25,13 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 
 # With KD_TEST_VENV=1 (the test command sets it): a virtual environment in .venv with TensorBoard
-# (whose own reader checks our event files) and matplotlib (tools/plot_run.py).
+# (whose own reader checks our event files), matplotlib (tools/plot_run.py), and transformers +
+# tokenizers (tools/check_hf_tokenizer.py: HF's AutoTokenizer reads our checkpoints; no torch).
 PYTHON_ARGS=()
 if [ "${KD_TEST_VENV:-0}" = "1" ]; then
-  if ! .venv/bin/python -c "import tensorboard, matplotlib" 2>/dev/null; then
+  if ! .venv/bin/python -c "import tensorboard, matplotlib, transformers, tokenizers" 2>/dev/null; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check tensorboard matplotlib
+    .venv/bin/pip install -q --disable-pip-version-check tensorboard matplotlib transformers tokenizers
   fi
   PYTHON_ARGS=(-DKD_PYTHON="$PWD/.venv/bin/python")
 fi

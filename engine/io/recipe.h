@@ -9,89 +9,111 @@
 #include <string>
 #include <vector>
 
+#include "engine/base/choice.h"
+#include "engine/base/divergence.h"  // the loss's own enum is the recipe's choice
+#include "engine/io/tokenizer.h"
+
 namespace kd {
 
+enum class Device { Auto, Cpu, Cuda };
+enum class Decay { Cosine, Linear, Constant };
+
+template <>
+struct ChoiceNames<Device> {
+  static constexpr std::array names{"auto", "cpu", "cuda"};
+};
+template <>
+struct ChoiceNames<Decay> {
+  static constexpr std::array names{"cosine", "linear", "constant"};
+};
+
+// The values of a run. Every field but student.vocab_size is a recipe key, declared with its
+// default, its check and its documentation in the key table in recipe.cpp (fields here start
+// zeroed; load_recipe fills each from the recipe or its default). docs/recipes.md lists them.
 struct Recipe {
   struct Run {
-    std::string name = "run";
-    std::string out_dir;  // default: <recipe dir>/runs/<name>
-    int64_t seed = 1337;
-    std::string device = "auto";  // "auto" | "cpu" | "cuda"
+    std::string name;
+    std::string out_dir;
+    int64_t seed{};
+    Device device{};
     bool operator==(const Run&) const = default;
   };
   struct Data {
-    std::string train;          // a text file, a directory of text files or a token shard .bin
-    std::string val;            // empty: hold out val_fraction of train
-    double val_fraction = 0.1;  // in (0, 0.5]
-    std::string tokenizer = "bytes";  // "bytes" | "gpt2"
-    std::string encoder;              // gpt2 only: encoder.json
-    std::string vocab_bpe;            // gpt2 only: vocab.bpe
-    std::string cache_dir;            // default: <out_dir>/cache
+    std::string train;
+    std::string val;  // empty: hold out val_fraction of train
+    double val_fraction{};
+    TokenizerKind tokenizer{};
+    std::string encoder;    // gpt2 only
+    std::string vocab_bpe;  // gpt2 only
+    std::string cache_dir;  // empty: no token cache
     bool operator==(const Data&) const = default;
   };
   struct Student {
     std::string
         init;  // a checkpoint directory; when set, the dimensions below are 0 (unknown here)
-    int n_layer = 0;
-    int n_head = 0;
-    int n_embd = 0;
-    int block_size = 0;
-    int vocab_size = 0;  // from the tokenizer: bytes 256, gpt2 50257
+    int n_layer{};
+    int n_head{};
+    int n_embd{};
+    int block_size{};
+    int vocab_size{};  // not a key: from the tokenizer (bytes 256, gpt2 50257)
     bool operator==(const Student&) const = default;
   };
   struct Teacher {
     std::string checkpoint;  // empty: no teacher, plain CE pretraining
+    // "bytes" | "gpt2": declares the tokenizer of a teacher checkpoint that carries no tokenizer
+    // files (empty: not declared; the checkpoint's own files decide).
+    std::string tokenizer;
     bool operator==(const Teacher&) const = default;
   };
   struct Loss {
-    double ce_weight = 1.0;  // default 1.0 without a teacher, 0.5 with one
-    double kd_weight = 0.0;  // default 0.0 without a teacher, 0.5 with one
-    double temperature = 2.0;
-    std::string divergence = "forward_kl";  // "forward_kl" | "reverse_kl" | "jsd"
-    double beta = 0.5;                      // jsd mixture weight, in [0, 1]
-    bool t2_scaling = true;                 // multiply the KD term by T^2
+    double ce_weight{};
+    double kd_weight{};
+    double temperature{};
+    Divergence divergence{};
+    double beta{};
+    bool t2_scaling{};
     bool operator==(const Loss&) const = default;
   };
   struct Train {
-    int micro_batch = 8;
-    int seq_len = 0;  // default: student.block_size
-    int grad_accum = 1;
-    int max_steps = 0;  // required
-    int eval_every = 50;
-    int eval_batches = 8;
+    int micro_batch{};
+    int seq_len{};
+    int grad_accum{};
+    int max_steps{};
+    int eval_every{};
+    int eval_batches{};
     bool operator==(const Train&) const = default;
   };
   struct Optim {
-    double lr = 1e-3;
-    double beta1 = 0.9;
-    double beta2 = 0.95;
-    double eps = 1e-8;
-    double weight_decay = 0.1;
-    double grad_clip = 1.0;
+    double lr{};
+    double beta1{};
+    double beta2{};
+    double eps{};
+    double weight_decay{};
+    double grad_clip{};
     bool operator==(const Optim&) const = default;
   };
   struct Schedule {
-    int warmup_steps = 0;
-    std::string decay = "cosine";  // "cosine" | "linear" | "constant"
-    double min_lr = 0.0;           // default: lr / 10
+    int warmup_steps{};
+    Decay decay{};
+    double min_lr{};
     bool operator==(const Schedule&) const = default;
   };
   struct Checkpoint {
-    int every = 0;  // 0: only at the end
-    int keep_last = 2;
-    bool resume = false;
+    int every{};
+    int keep_last{};
+    bool resume{};
     bool operator==(const Checkpoint&) const = default;
   };
   struct Log {
-    int every = 10;
-    bool tensorboard = true;
+    int every{};
+    bool tensorboard{};
     bool operator==(const Log&) const = default;
   };
   struct Profile {
-    bool enabled = false;
-    int wait = 2;
-    int warmup = 1;
-    int active = 3;
+    bool enabled{};
+    int wait{};
+    int warmup{};
+    int active{};
     bool operator==(const Profile&) const = default;
   };
 
@@ -128,5 +150,13 @@ std::string recipe_hash(const Recipe& r);
 // "section.key: old -> new" for every key whose value differs, in recipe order (values as TOML
 // text). A key present in only one recipe shows "(unset)" on the other side.
 std::vector<std::string> recipe_diff(const Recipe& a, const Recipe& b);
+
+// Every key of the table, in recipe order, as docs/recipes.md shows it (a test holds the two
+// equal): type ("integer", "float", "boolean", "string", "path"), default ("`1337`", "required",
+// "none", or how it follows from other keys), the start of the "allowed" column, and the meaning.
+struct RecipeKeyDoc {
+  std::string section, name, type, default_value, allowed, doc;
+};
+std::vector<RecipeKeyDoc> recipe_keys();
 
 }  // namespace kd

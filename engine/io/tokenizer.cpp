@@ -179,16 +179,31 @@ std::string ByteTokenizer::decode(std::span<const int32_t> ids) const {
   return out;
 }
 
+uint64_t ByteTokenizer::vocab_hash() const {
+  return fnv1a64("bytes");
+}
+
 // ---- Gpt2Tokenizer ----
 
 Gpt2Tokenizer::Gpt2Tokenizer(const std::string& encoder_json, const std::string& vocab_bpe) {
+  load(read_whole_file(encoder_json, "GPT-2 encoder"), read_whole_file(vocab_bpe, "GPT-2 merges"),
+       encoder_json, vocab_bpe);
+}
+
+Gpt2Tokenizer::Gpt2Tokenizer(FromText, const std::string& encoder_text,
+                             const std::string& merges_text, const std::string& encoder_name,
+                             const std::string& merges_name) {
+  load(encoder_text, merges_text, encoder_name, merges_name);
+}
+
+void Gpt2Tokenizer::load(const std::string& enc_text, const std::string& bpe_text,
+                         const std::string& encoder_json, const std::string& vocab_bpe) {
   uint32_t byte_to_cp[256];
   byte_alphabet(byte_to_cp);
   std::unordered_map<uint32_t, uint8_t> cp_to_byte;
   for (int b = 0; b < 256; ++b) cp_to_byte[byte_to_cp[b]] = static_cast<uint8_t>(b);
 
   // encoder.json: {"token": id, ...}, ids dense in [0, N).
-  const std::string enc_text = read_whole_file(encoder_json, "GPT-2 encoder");
   Json enc;
   try {
     enc = Json::parse(enc_text);
@@ -238,8 +253,8 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& encoder_json, const std::string&
   }
 
   // vocab.bpe: an optional "#version" line, then one merge "left right" per line, by rank.
-  const std::string bpe_text = read_whole_file(vocab_bpe, "GPT-2 merges");
   merges_.reserve(65536);
+  merge_list_.clear();
   size_t line_no = 0;
   uint64_t rank = 0;
   std::string left, right;
@@ -270,9 +285,65 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& encoder_json, const std::string&
     const uint64_t key =
         (static_cast<uint64_t>(l->second) << 32) | static_cast<uint32_t>(r->second);
     merges_.emplace(key, (rank << 32) | static_cast<uint32_t>(m->second));  // first rank wins
+    merge_list_.emplace_back(l->second, r->second);
     ++rank;
   }
   fingerprint_ = fnv1a64(bpe_text, fnv1a64(enc_text));
+  // The identity: kind, then each token as (length, bytes) in id order, then each merge as its two
+  // ids in rank order, all little-endian.
+  auto put = [](uint64_t h, uint32_t v) {
+    const char b[4] = {char(v), char(v >> 8), char(v >> 16), char(v >> 24)};
+    return fnv1a64(std::string_view(b, 4), h);
+  };
+  uint64_t h = fnv1a64("gpt2");
+  h = put(h, static_cast<uint32_t>(tokens_.size()));
+  for (const std::string& t : tokens_) h = fnv1a64(t, put(h, static_cast<uint32_t>(t.size())));
+  h = put(h, static_cast<uint32_t>(merge_list_.size()));
+  for (const auto& [a, b] : merge_list_) h = put(put(h, uint32_t(a)), uint32_t(b));
+  vocab_hash_ = h;
+}
+
+namespace {
+
+// Appends the UTF-8 spelling of GPT-2's alphabet character for each byte of raw.
+void map_bytes(std::string_view raw, const uint32_t byte_to_cp[256], std::string& out) {
+  for (const char c : raw) {
+    const uint32_t cp = byte_to_cp[static_cast<unsigned char>(c)];
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else {  // the alphabet stops at U+0143: two bytes
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+}
+
+}  // namespace
+
+std::string Gpt2Tokenizer::vocab_json() const {
+  uint32_t byte_to_cp[256];
+  byte_alphabet(byte_to_cp);
+  Json j = Json::object();
+  std::string key;
+  for (size_t id = 0; id < tokens_.size(); ++id) {
+    key.clear();
+    map_bytes(tokens_[id], byte_to_cp, key);
+    j.append_member(key, Json(static_cast<int64_t>(id)));
+  }
+  return j.dump() + "\n";
+}
+
+std::string Gpt2Tokenizer::merges_txt() const {
+  uint32_t byte_to_cp[256];
+  byte_alphabet(byte_to_cp);
+  std::string out = "#version: 0.2\n";
+  for (const auto& [a, b] : merge_list_) {
+    map_bytes(tokens_[a], byte_to_cp, out);
+    out += ' ';
+    map_bytes(tokens_[b], byte_to_cp, out);
+    out += '\n';
+  }
+  return out;
 }
 
 std::vector<std::string_view> Gpt2Tokenizer::pretokenize(std::string_view text) {
@@ -427,11 +498,10 @@ std::string Gpt2Tokenizer::decode(std::span<const int32_t> ids) const {
   return out;
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& kind, const std::string& encoder_json,
+std::unique_ptr<Tokenizer> make_tokenizer(TokenizerKind kind, const std::string& encoder_json,
                                           const std::string& vocab_bpe) {
-  if (kind == "byte") return std::make_unique<ByteTokenizer>();
-  if (kind == "gpt2") return std::make_unique<Gpt2Tokenizer>(encoder_json, vocab_bpe);
-  throw InputError("unknown tokenizer '" + kind + "': expected \"byte\" or \"gpt2\"");
+  if (kind == TokenizerKind::Gpt2) return std::make_unique<Gpt2Tokenizer>(encoder_json, vocab_bpe);
+  return std::make_unique<ByteTokenizer>();
 }
 
 }  // namespace kd

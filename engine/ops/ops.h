@@ -16,14 +16,16 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine/base/divergence.h"
+
 namespace kd {
 
 // Weight layouts of a matrix product: InOut is HF's Conv1D [C, OC] (out = inp @ W); OutIn is
 // [OC, C] (out = inp @ W^T), used by the LM head tied to wte [V, C].
 enum class Layout { InOut, OutIn };
 
-// ---- the distillation loss (cross-entropy and temperature divergence, fused)
-enum class Divergence { ForwardKL, ReverseKL, JSD };
+// ---- the distillation loss (cross-entropy and temperature divergence, fused); Divergence is in
+// engine/base/divergence.h, where the recipe reads it too
 
 struct LossConfig {
   float ce_weight = 1.0f;    // weight of CE(T=1) against the targets

@@ -44,13 +44,13 @@ std::string cuda_unsupported(const GPT2Config& student, const GPT2Config* teache
 
 }  // namespace
 
-std::unique_ptr<Backend> make_backend(DeviceChoice device, GPT2& student, const GPT2* teacher,
+std::unique_ptr<Backend> make_backend(Device device, GPT2& student, const GPT2* teacher,
                                       const LossConfig& loss, const AdamWConfig& adamw,
                                       const StepShape& shape, std::ostream& out) {
-  if (device == DeviceChoice::Cpu) return make_cpu_backend(student, teacher, loss, adamw, shape);
+  if (device == Device::Cpu) return make_cpu_backend(student, teacher, loss, adamw, shape);
   const DeviceInfo& dev = probe_device();
   if (!dev.cuda_usable) {
-    if (device == DeviceChoice::Cuda)
+    if (device == Device::Cuda)
       throw InputError("[run] device = \"cuda\" but no GPU is usable here: " + dev.reason);
     out << "device: cpu (" << dev.reason << ")\n";
     return make_cpu_backend(student, teacher, loss, adamw, shape);
@@ -58,7 +58,7 @@ std::unique_ptr<Backend> make_backend(DeviceChoice device, GPT2& student, const 
   const std::string why =
       cuda_unsupported(student.config(), teacher ? &teacher->config() : nullptr);
   if (!why.empty()) {
-    if (device == DeviceChoice::Cuda) throw InputError(why + " (use the CPU, or change n_head)");
+    if (device == Device::Cuda) throw InputError(why + " (use the CPU, or change n_head)");
     out << "device: cpu (" << why << ")\n";
     return make_cpu_backend(student, teacher, loss, adamw, shape);
   }

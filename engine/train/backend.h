@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "engine/base/profiler.h"
+#include "engine/io/recipe.h"
 #include "engine/ops/ops.h"
 #include "model/gpt2.h"
 
@@ -102,14 +103,12 @@ class Backend {
   virtual profiler::Clock* profiler_clock() { return nullptr; }
 };
 
-enum class DeviceChoice { Auto, Cpu, Cuda };
-
 // Chooses and builds the backend: Cpu, Cuda (which must be usable here and able to run the model's
 // shape, or InputError), or Auto (the GPU when usable and the model's shape fits its kernels, else
 // the CPU, with one line to `out` saying why). The student is the CPU model the run starts from
 // (its parameters are uploaded); the backend keeps references to student and teacher only on the
 // CPU.
-std::unique_ptr<Backend> make_backend(DeviceChoice device, GPT2& student, const GPT2* teacher,
+std::unique_ptr<Backend> make_backend(Device device, GPT2& student, const GPT2* teacher,
                                       const LossConfig& loss, const AdamWConfig& adamw,
                                       const StepShape& shape, std::ostream& out);
 

@@ -25,6 +25,7 @@
 #include "engine/io/tokenizer.h"
 #include "engine/train/backend.h"
 #include "model/checkpoint.h"
+#include "model/checkpoint_tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -39,10 +40,10 @@ double learning_rate(const Recipe& r, int64_t step) {
   const double lr = r.optim.lr, min_lr = r.schedule.min_lr;
   const int64_t warm = r.schedule.warmup_steps, total = r.train.max_steps;
   if (step < warm) return lr * double(step + 1) / double(warm);
-  if (r.schedule.decay == "constant" || total <= warm) return lr;
+  if (r.schedule.decay == Decay::Constant || total <= warm) return lr;
   const double progress =
       std::min(1.0, double(step - warm) / double(std::max<int64_t>(1, total - warm)));
-  if (r.schedule.decay == "linear") return lr + (min_lr - lr) * progress;
+  if (r.schedule.decay == Decay::Linear) return lr + (min_lr - lr) * progress;
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));  // cosine
 }
 
@@ -67,49 +68,11 @@ std::string fmt_duration(double s) {
   return buf;
 }
 
-void fsync_path(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
 std::string read_text(const fs::path& p) {
   std::ifstream f(p);
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
-}
-
-// The recipe says "bytes"; the tokenizer calls itself "byte".
-std::string tokenizer_kind(const std::string& recipe_kind) {
-  return recipe_kind == "bytes" ? "byte" : recipe_kind;
-}
-
-// The tokenizer a run uses, stored in every checkpoint so eval and sample can rebuild it.
-Json tokenizer_json(const Recipe& r) {
-  Json j = Json::object();
-  j["kind"] = r.data.tokenizer;
-  j["encoder"] = r.data.encoder;
-  j["vocab_bpe"] = r.data.vocab_bpe;
-  return j;
-}
-
-std::unique_ptr<Tokenizer> tokenizer_from_checkpoint(const std::string& dir, int vocab_size) {
-  const fs::path p = fs::path(dir) / "tokenizer.json";
-  if (fs::exists(p)) {
-    try {
-      Json j = Json::parse(read_text(p));
-      return make_tokenizer(tokenizer_kind(j.at("kind").as_string()), j.at("encoder").as_string(),
-                            j.at("vocab_bpe").as_string());
-    } catch (const JsonError& e) {
-      throw InputError(p.string() + ": " + e.what());
-    }
-  }
-  if (vocab_size == 256) return make_tokenizer("byte", "", "");
-  throw InputError(dir + ": no tokenizer.json, and a vocabulary of " + std::to_string(vocab_size) +
-                   " is not the byte tokenizer's 256");
 }
 
 // The model, its optimizer state and the loop's position: everything a checkpoint holds.
@@ -120,14 +83,13 @@ struct State {
   double best_val_loss = std::numeric_limits<double>::quiet_NaN();
 };
 
+// out_dir/step_NNNNNN, written whole (model/checkpoint.h), then copied to out_dir/final.
 void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::vector<float>& m,
-                      const std::vector<float>& v, const State& st, const Recipe& r) {
+                      const std::vector<float>& v, const State& st, const Recipe& r,
+                      const Tokenizer& tok) {
   const fs::path final_dir = fs::path(out_dir) / step_dir_name(st.step);
-  const fs::path tmp = fs::path(out_dir) / (".tmp-" + step_dir_name(st.step));
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  write_dir_atomically(final_dir.string(), [&](const std::string& tmp_dir) {
+    const fs::path tmp(tmp_dir);
     save_model(tmp.string(), model);
     std::vector<TensorView> opt;
     for (const auto& p : model.table()) {
@@ -135,7 +97,7 @@ void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::
       opt.push_back({"v." + p.name, p.shape, v.data() + p.offset});
     }
     write_safetensors((tmp / "optimizer.safetensors").string(), opt);
-    write_file_synced((tmp / "tokenizer.json").string(), tokenizer_json(r).dump(2) + "\n");
+    save_tokenizer_files(tmp.string(), tok, model.config().block_size);
     Json s = Json::object();
     s["step"] = st.step;
     char hex[32];
@@ -147,20 +109,8 @@ void write_checkpoint(const std::string& out_dir, const GPT2& model, const std::
     s["recipe"] = recipe_to_toml(r);
     // Written last: a directory with trainer_state.json is a complete checkpoint.
     write_file_synced((tmp / "trainer_state.json").string(), s.dump(2) + "\n");
-    fsync_path(tmp);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
-    fs::rename(tmp, final_dir);
-    fsync_path(out_dir);
-  } catch (...) {
-    fs::remove_all(tmp, ec);  // never leave a half-written checkpoint behind
-    throw;
-  }
-  // `final` points at the newest checkpoint; swapped atomically with a rename.
-  const fs::path link = fs::path(out_dir) / "final";
-  const fs::path tmp_link = fs::path(out_dir) / ".tmp-final";
-  fs::remove(tmp_link, ec);
-  fs::create_directory_symlink(final_dir.filename(), tmp_link);
-  fs::rename(tmp_link, link);
+  });
+  publish_checkpoint_copy(final_dir.string(), (fs::path(out_dir) / "final").string());
 }
 
 // The complete checkpoints under out_dir (step_* directories holding trainer_state.json, which is
@@ -238,12 +188,6 @@ struct Setup {
   LossConfig loss;
 };
 
-Divergence divergence_of(const std::string& s) {
-  if (s == "reverse_kl") return Divergence::ReverseKL;
-  if (s == "jsd") return Divergence::JSD;
-  return Divergence::ForwardKL;
-}
-
 GPT2Config student_config(const Recipe& r, int vocab) {
   GPT2Config c;
   c.n_layer = r.student.n_layer;
@@ -257,7 +201,8 @@ GPT2Config student_config(const Recipe& r, int vocab) {
 // Loads tokenizer, data, student and teacher, and checks what only the files can tell.
 Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   Setup s;
-  s.tok = make_tokenizer(tokenizer_kind(r.data.tokenizer), r.data.encoder, r.data.vocab_bpe);
+  s.tok = make_tokenizer(r.data.tokenizer, r.data.encoder, r.data.vocab_bpe);
+  check_recipe_tokenizers(r, *s.tok, out);  // teacher and student init speak it too
   const int V = s.tok->vocab_size();
   if (!r.student.init.empty()) {
     s.student = std::make_unique<GPT2>(load_model(r.student.init));
@@ -292,13 +237,12 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   s.loss.ce_weight = static_cast<float>(r.loss.ce_weight);
   s.loss.kd_weight = r.has_teacher() ? static_cast<float>(r.loss.kd_weight) : 0.0f;
   s.loss.temperature = static_cast<float>(r.loss.temperature);
-  s.loss.divergence = divergence_of(r.loss.divergence);
+  s.loss.divergence = r.loss.divergence;
   s.loss.beta = static_cast<float>(r.loss.beta);
   s.loss.t2_scaling = r.loss.t2_scaling;
   if (!load_data) return s;
 
-  std::string cache =
-      r.data.cache_dir.empty() ? (fs::path(r.run.out_dir) / "cache").string() : r.data.cache_dir;
+  const std::string& cache = r.data.cache_dir;  // empty: no cache
   s.train_tokens = load_tokens(r.data.train, *s.tok, cache).tokens;
   if (r.data.val.empty()) {
     TokenSplit split = split_tokens(s.train_tokens, r.data.val_fraction);
@@ -361,12 +305,6 @@ void check_out_dir_writable(const std::string& out_dir) {
       "step " + std::to_string(step + 1) + ": the loss is " +
       (std::isfinite(loss) ? "finite but the gradient norm is not" : std::to_string(loss)) +
       "; stopping. Last good checkpoint: " + (ck.empty() ? "none" : ck));
-}
-
-DeviceChoice device_choice(const Recipe& r) {
-  if (r.run.device == "cpu") return DeviceChoice::Cpu;
-  if (r.run.device == "cuda") return DeviceChoice::Cuda;
-  return DeviceChoice::Auto;
 }
 
 AdamWConfig adamw_config(const Recipe& r) {
@@ -518,7 +456,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   std::vector<float> m, v;  // the moments as checkpoints hold them
   State st = resume_or_start(r, model, m, v, sampler, out);
   std::unique_ptr<Backend> backend =
-      make_backend(device_choice(r), model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
+      make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
   backend->load_state(model, m, v);
   RunLog log(r);
 
@@ -545,7 +483,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
     backend->save_state(model, m, v);
-    write_checkpoint(r.run.out_dir, model, m, v, st, r);
+    write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
     prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
     sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
   };
@@ -666,9 +604,10 @@ void print_check(const Recipe& r, std::ostream& out) {
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out) {
   GPT2 student = load_model(ckpt);
-  auto tok = tokenizer_from_checkpoint(ckpt, student.config().vocab_size);
+  auto tok = require_checkpoint_tokenizer(ckpt, student.config().vocab_size, out);
   std::unique_ptr<GPT2> teacher;
   if (!teacher_ckpt.empty()) {
+    check_eval_teacher_tokenizer(teacher_ckpt, *tok, ckpt, out);
     teacher = std::make_unique<GPT2>(load_model(teacher_ckpt));
     if (teacher->config().vocab_size < student.config().vocab_size)
       throw InputError(
@@ -684,7 +623,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
   if (T < 1) throw InputError(data + ": too few tokens to evaluate");
   batches = std::max(1, std::min<int>(batches, int(tokens.size() / (size_t(B) * T + 1)) + 1));
   std::ostringstream quiet;
-  std::unique_ptr<Backend> backend = make_backend(DeviceChoice::Cpu, student, teacher.get(),
+  std::unique_ptr<Backend> backend = make_backend(Device::Cpu, student, teacher.get(),
                                                   LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
   EvalStats e = evaluate(*backend, false, tokens, B, T, batches, 1.0f);
   EvalResult res;
@@ -706,7 +645,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,
                         double temperature, int top_k, uint64_t seed) {
   GPT2 model = load_model(ckpt);
-  auto tok = tokenizer_from_checkpoint(ckpt, model.config().vocab_size);
+  auto tok = require_checkpoint_tokenizer(ckpt, model.config().vocab_size, std::cerr);
   std::vector<int32_t> ids = tok->encode(prompt);
   if (ids.empty()) ids.push_back(tok->eot() >= 0 ? tok->eot() : int32_t('\n'));
   const int V = model.config().vocab_size, Vtok = tok->vocab_size(),

@@ -4,8 +4,8 @@
 // whole step.
 //
 // out_dir holds: step_NNNNNN/ checkpoints (model.safetensors + config.json loadable by HF
-// transformers, optimizer.safetensors, trainer_state.json, tokenizer.json), `final` (a link to the
-// last checkpoint), log.jsonl (one JSON object per logged step and per evaluation), TensorBoard
+// transformers, optimizer.safetensors, trainer_state.json, the tokenizer's files: see
+// docs/checkpoints.md), `final` (a directory of hard links to the last checkpoint's files), log.jsonl (one JSON object per logged step and per evaluation), TensorBoard
 // event files under tb/, and the profiler's profile.json and trace.json when [profile] is enabled.
 #pragma once
 

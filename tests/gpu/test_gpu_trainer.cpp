@@ -118,7 +118,7 @@ TEST_F(GpuTrainer, DistillationRunsMatchesTheCpuAndResumes) {
   // The checkpoint loads, and resuming from step 30 reproduces the last 30 steps' weights.
   kd::GPT2 at60 = kd::load_model((dir_ / "kd_gpu" / "step_000060").string());
   fs::remove_all(dir_ / "kd_gpu" / "step_000060");
-  fs::remove(dir_ / "kd_gpu" / "final");
+  fs::remove_all(dir_ / "kd_gpu" / "final");
   kd::train(kd::load_recipe(recipe("kd_gpu", 64, 1, kd_extra),
                             {"checkpoint.resume=true", "profile.enabled=false"}),
             sink);
