@@ -1,5 +1,5 @@
-// The CUDA side of the exception policy (engine/base/error.h): KD_CUDA_CHECK, the one check for CUDA
-// runtime and cuBLASLt calls, throws kd::CudaError naming the call; a kernel wrapper's broken
+// The CUDA side of the exception policy (engine/base/error.h): KD_CUDA_CHECK, the one check for
+// CUDA runtime and cuBLASLt calls, throws kd::CudaError naming the call; a kernel wrapper's broken
 // precondition throws kd::ContractError before anything is launched (so those tests need no GPU).
 #include <gtest/gtest.h>
 
@@ -12,15 +12,15 @@
 #include "cuda/kd_loss.cuh"
 #include "cuda/layernorm.cuh"
 #include "cuda/matmul.cuh"
-#include "engine/cpu/ops.h"
+#include "engine/ops/ops.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {
 
-using kd::cpu::AdamWConfig;
-using kd::cpu::Divergence;
-using kd::cpu::LossConfig;
-using kd::cpu::LossSums;
+using kd::AdamWConfig;
+using kd::Divergence;
+using kd::LossConfig;
+using kd::LossSums;
 using kd::cuda::bf16;
 using kd::test::DeviceBuffer;
 
@@ -146,7 +146,7 @@ TEST(CudaPreconditions, AdamWRejectsBrokenPreconditions) {
     return [=] {
       kd::cuda::adamw_update(fake<bf16>(4096), fake<float>(8192), fake<const float>(12288),
                              fake<float>(16384), fake<float>(20480),
-                             fake<const kd::cpu::ParamSpan>(24576), 1, 8, cfg, t, 1.0f, nullptr, {},
+                             fake<const kd::ParamSpan>(24576), 1, 8, cfg, t, 1.0f, nullptr, {},
                              nullptr);
     };
   };
