@@ -71,6 +71,13 @@ __device__ __forceinline__ void store_bf16x2(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
+// p[0..1] += (a, b): the backward's gradients are added to what dqkv holds (the ops contract).
+__device__ __forceinline__ void add_bf16x2(bf16* p, float a, float b) {
+  const __nv_bfloat162 old = *reinterpret_cast<const __nv_bfloat162*>(p);
+  *reinterpret_cast<__nv_bfloat162*>(p) =
+      __floats2bfloat162_rn(__bfloat162float(old.x) + a, __bfloat162float(old.y) + b);
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 
 template <int D>
@@ -344,8 +351,8 @@ __global__ void __launch_bounds__(kThreads)
       bf16* dvrow = dkrow + C;
 #pragma unroll
       for (int t = 0; t < D / 8; ++t) {
-        store_bf16x2(dkrow + t * 8, dk[t][2 * i] * scale, dk[t][2 * i + 1] * scale);
-        store_bf16x2(dvrow + t * 8, dv[t][2 * i], dv[t][2 * i + 1]);
+        add_bf16x2(dkrow + t * 8, dk[t][2 * i] * scale, dk[t][2 * i + 1] * scale);
+        add_bf16x2(dvrow + t * 8, dv[t][2 * i], dv[t][2 * i + 1]);
       }
     }
   }
@@ -449,7 +456,7 @@ __global__ void __launch_bounds__(kThreads)
       bf16* dqrow = dqkv + (static_cast<size_t>(b) * T + row) * ld + h * D + 2 * q;
 #pragma unroll
       for (int t = 0; t < D / 8; ++t)
-        store_bf16x2(dqrow + t * 8, dq[t][2 * i] * scale, dq[t][2 * i + 1] * scale);
+        add_bf16x2(dqrow + t * 8, dq[t][2 * i] * scale, dq[t][2 * i + 1] * scale);
     }
   }
 }

@@ -18,8 +18,9 @@ void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int
 // Floats of scratch attention_backward needs (the per-row D = rowsum(dout * out)): B*NH*T.
 size_t attention_backward_scratch_floats(int B, int T, int NH);
 
-// Gradient of the attention with respect to qkv, WRITTEN (overwritten) into dqkv [B,T,3C] — unlike
-// the CPU twin, which adds. Every element of dqkv is written. Uses out and lse from the forward.
+// Gradient of the attention with respect to qkv, ADDED into dqkv [B,T,3C] like every backward (the
+// ops contract, engine/ops/ops.h; the sum is rounded to bf16 once). Uses out and lse from the
+// forward.
 // scratch: attention_backward_scratch_floats(B, T, NH) floats of device memory (its contents on
 // entry do not matter). Deterministic: no atomics, the same inputs give bitwise the same dqkv.
 void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,

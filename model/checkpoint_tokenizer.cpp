@@ -315,7 +315,8 @@ void check_eval_teacher_tokenizer(const std::string& teacher_dir, const Tokenize
 
 void check_recipe_tokenizers(const Recipe& r, const Tokenizer& run_tok, std::ostream& note) {
   const std::string run_kind = tokenizer_kind(run_tok);
-  const std::string data_name = std::string("[data] tokenizer = \"") + to_string(r.data.tokenizer) + "\"";
+  const std::string data_name =
+      std::string("[data] tokenizer = \"") + to_string(r.data.tokenizer) + "\"";
   std::string student_name = "(a new model, " + data_name + ")";
   if (!r.student.init.empty()) {
     CheckpointTokenizer s = load_checkpoint_tokenizer(r.student.init, note);

@@ -11,7 +11,6 @@
 
 namespace kd {
 
-
 std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg) {
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, P = cfg.block_size;
   std::vector<ParamInfo> t;
@@ -31,22 +30,36 @@ std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg) {
   add("wpe.weight", {P, C});
   for (int l = 0; l < cfg.n_layer; ++l) {
     const std::string h = "h." + std::to_string(l) + ".";
-    add(h + "ln_1.weight", {C});
-    add(h + "ln_1.bias", {C});
-    add(h + "attn.c_attn.weight", {C, 3 * C});
-    add(h + "attn.c_attn.bias", {3 * C});
-    add(h + "attn.c_proj.weight", {C, C});
-    add(h + "attn.c_proj.bias", {C});
-    add(h + "ln_2.weight", {C});
-    add(h + "ln_2.bias", {C});
-    add(h + "mlp.c_fc.weight", {C, 4 * C});
-    add(h + "mlp.c_fc.bias", {4 * C});
-    add(h + "mlp.c_proj.weight", {4 * C, C});
-    add(h + "mlp.c_proj.bias", {C});
+    LayerTensors<int> names{};
+    LayerTensors<int>::each(names, C, [&](int, const char* name, std::vector<int64_t> shape) {
+      add(h + name, std::move(shape));
+    });
   }
   add("ln_f.weight", {C});
   add("ln_f.bias", {C});
   return t;
+}
+
+GPT2Layout gpt2_layout(const GPT2Config& cfg, const std::vector<ParamInfo>& table) {
+  auto at = [&](const std::string& name) {
+    const auto it = std::find_if(table.begin(), table.end(),
+                                 [&](const ParamInfo& p) { return p.name == name; });
+    KD_REQUIRE(it != table.end(), "gpt2_layout: no parameter named '" + name + "'");
+    return it->offset;
+  };
+  GPT2Layout L;
+  L.wte = at("wte.weight");
+  L.wpe = at("wpe.weight");
+  L.lnfw = at("ln_f.weight");
+  L.lnfb = at("ln_f.bias");
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    LayerTensors<size_t> o{};
+    LayerTensors<size_t>::each(o, cfg.n_embd,
+                               [&](size_t& off, const char* name, auto&&) { off = at(h + name); });
+    L.layers.push_back(o);
+  }
+  return L;
 }
 
 size_t GPT2Config::num_parameters() const {
@@ -54,7 +67,8 @@ size_t GPT2Config::num_parameters() const {
   return t.back().offset + t.back().numel;
 }
 
-GPT2::GPT2(const GPT2Config& cfg) : cfg_(cfg), table_(gpt2_param_table(cfg)) {
+GPT2::GPT2(const GPT2Config& cfg)
+    : cfg_(cfg), table_(gpt2_param_table(cfg)), layout_(gpt2_layout(cfg, table_)) {
   KD_REQUIRE(cfg.n_layer >= 1 && cfg.n_head >= 1 && cfg.n_embd >= 1 && cfg.vocab_size >= 1 &&
                  cfg.block_size >= 1 && cfg.n_embd % cfg.n_head == 0,
              "GPT2: invalid config (n_embd must be a multiple of n_head)");
@@ -147,15 +161,9 @@ void GPT2::ensure_acts(int B, int T) {
 
 namespace {
 // Pointers to one layer's parameters (or gradients) inside a buffer laid out as the table.
-struct LayerParams {
-  float *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
-      *fcprojb;
-};
-LayerParams layer_params(float* base, const std::vector<ParamInfo>& table, int l) {
-  // Each layer is 12 consecutive entries after wte and wpe.
-  const ParamInfo* p = &table[2 + 12 * static_cast<size_t>(l)];
-  auto at = [&](int k) { return base + p[k].offset; };
-  return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
+using LayerParams = LayerTensors<float*>;
+LayerParams layer_params(float* base, const GPT2Layout& layout, int l) {
+  return layout.layer(base, l);
 }
 }  // namespace
 
@@ -174,7 +182,7 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
   const float* residual = a.encoded.data();
   for (int l = 0; l < cfg_.n_layer; ++l) {
     KD_RANGE_P("layer", Phase::Layer, l);
-    LayerParams w = layer_params(P, table_, l);
+    LayerParams w = layer_params(P, layout_, l);
     float* ln1 = a.ln1.data() + l * NC;
     float* qkv = a.qkv.data() + l * 3 * NC;
     float* atty = a.atty.data() + l * NC;
@@ -191,11 +199,10 @@ void GPT2::forward(const int32_t* tokens, int B, int T) {
     cpu::matmul_forward(qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
     cpu::attention_forward(atty, lse, qkv, B, T, C, NH);
     cpu::matmul_forward(attproj, atty, w.attprojw, w.attprojb, N, C, C, Layout::InOut);
-    cpu::residual_forward(res2, residual, attproj, NC);
-    cpu::layernorm_forward(ln2, a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N, res2, w.ln2w,
-                           w.ln2b, N, C);
-    cpu::matmul_forward(fch, ln2, w.fcw, w.fcb, N, C, 4 * C, Layout::InOut);
-    cpu::gelu_forward(fch_gelu, fch, 4 * NC);
+    cpu::residual_layernorm_forward(res2, ln2, a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N,
+                                    residual, attproj, w.ln2w, w.ln2b, N,
+                                    C);  // res2 = residual + attproj; ln2 = LN(res2)
+    cpu::matmul_gelu_forward(fch, fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * C);
     cpu::matmul_forward(fcproj, fch_gelu, w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
     cpu::residual_forward(res3, res2, fcproj, NC);
     residual = res3;
@@ -226,8 +233,8 @@ void GPT2::backward(const float* dlogits) {
                           last, param("ln_f.weight"), a.lnf_mean.data(), a.lnf_rstd.data(), N, C);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     KD_RANGE_P("layer", Phase::Layer, l);
-    LayerParams w = layer_params(P, table_, l);
-    LayerParams g = layer_params(G, table_, l);
+    LayerParams w = layer_params(P, layout_, l);
+    LayerParams g = layer_params(G, layout_, l);
     const float* residual = l == 0 ? a.encoded.data() : a.res3.data() + (l - 1) * NC;
     const float* ln1 = a.ln1.data() + l * NC;
     const float* qkv = a.qkv.data() + l * 3 * NC;
@@ -287,15 +294,14 @@ void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) co
   cpu::encoder_forward(x.data(), tokens, param("wte.weight"), param("wpe.weight"), B, T, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     KD_RANGE_P("layer", Phase::Layer, l);
-    LayerParams w = layer_params(P, table_, l);
+    LayerParams w = layer_params(P, layout_, l);
     cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), w.ln1w, w.ln1b, N, C);
     cpu::matmul_forward(qkv.data(), ln.data(), w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
     cpu::attention_forward(atty.data(), lse.data(), qkv.data(), B, T, C, NH);
     cpu::matmul_forward(proj.data(), atty.data(), w.attprojw, w.attprojb, N, C, C, Layout::InOut);
-    cpu::residual_forward(x2.data(), x.data(), proj.data(), NC);
-    cpu::layernorm_forward(ln.data(), mean.data(), rstd.data(), x2.data(), w.ln2w, w.ln2b, N, C);
-    cpu::matmul_forward(fch.data(), ln.data(), w.fcw, w.fcb, N, C, 4 * C, Layout::InOut);
-    cpu::gelu_forward(gelu.data(), fch.data(), 4 * NC);
+    cpu::residual_layernorm_forward(x2.data(), ln.data(), mean.data(), rstd.data(), x.data(),
+                                    proj.data(), w.ln2w, w.ln2b, N, C);
+    cpu::matmul_gelu_forward(fch.data(), gelu.data(), ln.data(), w.fcw, w.fcb, N, C, 4 * C);
     cpu::matmul_forward(proj.data(), gelu.data(), w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
     cpu::residual_forward(x.data(), x2.data(), proj.data(), NC);
   }

@@ -39,7 +39,53 @@ struct ParamInfo {
   bool decay = false;  // 2-D weight matrices (embeddings included) decay; biases and LN do not
 };
 
+// The tensors of one transformer block, in table order: the one description of their names, shapes
+// and fields that the parameter table, the CPU model and the GPU model all read. F is the field
+// type: T* for a view into a buffer laid out as the table (fp32 parameters, gradients or moments on
+// the CPU, bf16 weights on the GPU), size_t for offsets.
+template <typename F>
+struct LayerTensors {
+  F ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+
+  // fn(field, HF name within "h.{i}.", shape) for every tensor, in table order; C = n_embd.
+  template <typename Self, typename Fn>
+  static void each(Self& t, int64_t C, Fn&& fn) {
+    fn(t.ln1w, "ln_1.weight", std::vector<int64_t>{C});
+    fn(t.ln1b, "ln_1.bias", std::vector<int64_t>{C});
+    fn(t.qkvw, "attn.c_attn.weight", std::vector<int64_t>{C, 3 * C});
+    fn(t.qkvb, "attn.c_attn.bias", std::vector<int64_t>{3 * C});
+    fn(t.attprojw, "attn.c_proj.weight", std::vector<int64_t>{C, C});
+    fn(t.attprojb, "attn.c_proj.bias", std::vector<int64_t>{C});
+    fn(t.ln2w, "ln_2.weight", std::vector<int64_t>{C});
+    fn(t.ln2b, "ln_2.bias", std::vector<int64_t>{C});
+    fn(t.fcw, "mlp.c_fc.weight", std::vector<int64_t>{C, 4 * C});
+    fn(t.fcb, "mlp.c_fc.bias", std::vector<int64_t>{4 * C});
+    fn(t.fcprojw, "mlp.c_proj.weight", std::vector<int64_t>{4 * C, C});
+    fn(t.fcprojb, "mlp.c_proj.bias", std::vector<int64_t>{C});
+  }
+};
+
+// Where every tensor starts in a buffer laid out as gpt2_param_table (element offsets), and typed
+// views of such a buffer: params.wte, layer(l).qkvw, ... instead of indices into the table.
+struct GPT2Layout {
+  size_t wte = 0, wpe = 0, lnfw = 0, lnfb = 0;
+  std::vector<LayerTensors<size_t>> layers;
+
+  template <typename T>
+  LayerTensors<T*> layer(T* base, int l) const {
+    const LayerTensors<size_t>& o = layers[static_cast<size_t>(l)];
+    LayerTensors<T*> v{};
+    std::vector<size_t> offs;
+    LayerTensors<size_t>::each(o, 0, [&](size_t off, const char*, auto&&) { offs.push_back(off); });
+    size_t i = 0;
+    LayerTensors<T*>::each(v, 0, [&](T*& p, const char*, auto&&) { p = base + offs[i++]; });
+    return v;
+  }
+};
+
 std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg);
+// The offsets of the table's tensors, found by name.
+GPT2Layout gpt2_layout(const GPT2Config& cfg, const std::vector<ParamInfo>& table);
 
 class GPT2 {
  public:
@@ -48,6 +94,7 @@ class GPT2 {
   const GPT2Config& config() const { return cfg_; }
   const std::vector<ParamInfo>& table() const { return table_; }
   const ParamInfo& info(std::string_view name) const;  // throws kd::ContractError naming it
+  const GPT2Layout& layout() const { return layout_; }
 
   std::vector<float> params;  // all parameters, laid out as table()
   std::vector<float> grads;   // same layout; allocated by enable_training()
@@ -96,6 +143,7 @@ class GPT2 {
 
   GPT2Config cfg_;
   std::vector<ParamInfo> table_;
+  GPT2Layout layout_;
   Acts acts_;
   std::vector<int32_t> tokens_;
   int B_ = 0, T_ = 0;

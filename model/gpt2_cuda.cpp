@@ -134,6 +134,7 @@ GPT2CudaMemory GPT2Cuda::plan(const GPT2Config& cfg, int B, int T, Role role) {
 GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream)
     : cfg_(cpu.config()),
       table_(cpu.table()),
+      layout_(cpu.layout()),
       P_(cpu.params.size()),
       role_(role),
       maxB_(B),
@@ -179,35 +180,30 @@ void GPT2Cuda::check_shape(const char* what, int B, int T) const {
 }
 
 GPT2Cuda::LayerW GPT2Cuda::layer_w(int l) const {
-  const ParamInfo* p = &table_[2 + 12 * static_cast<size_t>(l)];
-  auto at = [&](int k) -> const bf16* { return weights_ + p[k].offset; };
-  return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
+  return layout_.layer(static_cast<const bf16*>(weights_), l);
 }
 
 GPT2Cuda::LayerG GPT2Cuda::layer_g(int l) const {
-  const ParamInfo* p = &table_[2 + 12 * static_cast<size_t>(l)];
-  auto at = [&](int k) { return grads_ + p[k].offset; };
-  return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
+  return layout_.layer(grads_, l);
 }
 
-// wte, wpe, then 12 per layer, then ln_f.weight, ln_f.bias (gpt2_param_table's order).
-const bf16* GPT2Cuda::pw(const char* name) const {
-  const std::string n(name);
-  const size_t L = cfg_.n_layer;
-  if (n == "wte.weight") return weights_ + table_[0].offset;
-  if (n == "wpe.weight") return weights_ + table_[1].offset;
-  if (n == "ln_f.weight") return weights_ + table_[2 + 12 * L].offset;
-  KD_REQUIRE(n == "ln_f.bias", "GPT2Cuda::pw: no parameter " + n);
-  return weights_ + table_[3 + 12 * L].offset;
+// The tensors outside the blocks, by their HF names.
+namespace {
+size_t outer_offset(const GPT2Layout& L, const std::string& n) {
+  if (n == "wte.weight") return L.wte;
+  if (n == "wpe.weight") return L.wpe;
+  if (n == "ln_f.weight") return L.lnfw;
+  KD_REQUIRE(n == "ln_f.bias", "GPT2Cuda: " + n + " is not a tensor outside the blocks");
+  return L.lnfb;
 }
+}  // namespace
+
+const bf16* GPT2Cuda::pw(const char* name) const {
+  return weights_ + outer_offset(layout_, name);
+}
+
 float* GPT2Cuda::pg(const char* name) const {
-  const std::string n(name);
-  const size_t L = cfg_.n_layer;
-  if (n == "wte.weight") return grads_ + table_[0].offset;
-  if (n == "wpe.weight") return grads_ + table_[1].offset;
-  if (n == "ln_f.weight") return grads_ + table_[2 + 12 * L].offset;
-  KD_REQUIRE(n == "ln_f.bias", "GPT2Cuda::pg: no parameter " + n);
-  return grads_ + table_[3 + 12 * L].offset;
+  return grads_ + outer_offset(layout_, name);
 }
 
 void GPT2Cuda::forward(const int32_t* tokens_dev, int B, int T) {
@@ -313,7 +309,8 @@ void GPT2Cuda::backward(const bf16* dlogits) {
     // res2 = residual + attproj; attproj = atty · W + b
     cuda::matmul_backward(a.dC, gr.attprojw, gr.attprojb, a.dres, atty, w.attprojw, N, C, C,
                           Layout::InOut, s, false);
-    bf16* dqkv = a.d4a;  // [N,3C] inside the [N,4C] buffer, free again
+    bf16* dqkv = a.d4a;  // [N,3C] inside the [N,4C] buffer, free again; the backward adds
+    check(cudaMemsetAsync(dqkv, 0, NC * 3 * sizeof(bf16), s), "backward memset");
     cuda::attention_backward(dqkv, a.dC, qkv, atty, lse, B, T, C, NH, s, a.att_scratch);
     // qkv = ln1 · W + b
     cuda::matmul_backward(a.dC, gr.qkvw, gr.qkvb, dqkv, ln1, w.qkvw, N, C, 3 * C, Layout::InOut, s,

@@ -127,14 +127,8 @@ class GPT2Cuda {
   void upload_moments(const std::vector<float>& m, const std::vector<float>& v);
 
  private:
-  struct LayerW {
-    const cuda::bf16 *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb,
-        *fcprojw, *fcprojb;
-  };
-  struct LayerG {
-    float *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
-        *fcprojb;
-  };
+  using LayerW = LayerTensors<const cuda::bf16*>;
+  using LayerG = LayerTensors<float*>;
   LayerW layer_w(int l) const;
   LayerG layer_g(int l) const;
   const cuda::bf16* pw(const char* name) const;  // wte, wpe, ln_f.*
@@ -143,6 +137,7 @@ class GPT2Cuda {
 
   GPT2Config cfg_;
   std::vector<ParamInfo> table_;
+  GPT2Layout layout_;
   size_t P_ = 0;
   Role role_;
   int maxB_ = 0, maxT_ = 0;

@@ -126,9 +126,11 @@ TEST(Trace, ProfilerSeesTheSameNames) {
       calls[row.name] = row.calls;
     }
   for (const auto& n : kExpectedNames) EXPECT_TRUE(names.count(n)) << n;
-  // Per step: 4 products per layer and the LM head, in the student's and the teacher's forward.
+  // Per step: 4 products per layer and the LM head, in the student's and the teacher's forward;
+  // the MLP's first product is the fused matmul_gelu_forward.
   EXPECT_EQ(calls["matmul_forward"],
-            kSteps * ((4 * kStudentLayers + 1) + (4 * kTeacherLayers + 1)));
+            kSteps * ((3 * kStudentLayers + 1) + (3 * kTeacherLayers + 1)));
+  EXPECT_EQ(calls["matmul_gelu_forward"], kSteps * (kStudentLayers + kTeacherLayers));
   // Layers: the student's forward and backward, the teacher's forward.
   EXPECT_EQ(calls["layer"], kSteps * (2 * kStudentLayers + kTeacherLayers));
   EXPECT_EQ(calls["adamw_update"], kSteps);

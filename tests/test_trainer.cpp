@@ -178,7 +178,7 @@ TEST_F(TrainerTest, EmptyCacheDirTurnsTheCacheOff) {
 
   const fs::path ckpt = dir_ / "uncached" / "final";
   std::stringstream tok_json;
-  tok_json << std::ifstream(ckpt / "tokenizer.json").rdbuf();
+  tok_json << std::ifstream(ckpt / "kdengine_tokenizer.json").rdbuf();
   EXPECT_EQ(kd::Json::parse(tok_json.str()).at("kind").as_string(), "bytes");
   EXPECT_EQ(kd::sample_text(ckpt.string(), "the ", 4, 1.0, 5, 1).rfind("the ", 0), 0u);
 }

@@ -10,6 +10,7 @@
 
 #include "engine/base/error.h"
 #include "engine/io/recipe.h"
+#include "engine/ops/cpu/threads.h"
 #include "engine/train/trainer.h"
 
 namespace {
@@ -184,6 +185,7 @@ int run(const std::string& cmd, const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kd::cpu::ensure_thread_environment(argv);  // may restart the program once (threads.h)
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << kUsage;

@@ -532,6 +532,11 @@ const std::vector<Key>& keys() {
         key(KD_KEY(run, seed), 1337, at_least(0),
             "seeds initialisation, data order and the validation split"),
         key(KD_KEY(run, device), Device::Auto, {}, "`auto` uses a GPU when one is usable"),
+        key(KD_KEY(run, threads), 0, within("[]", 0, 1024),
+            "CPU threads for the ops (OpenMP); `0`: the cores this process may run on (its CPU "
+            "affinity, which `taskset` and container limits narrow). Applied when training "
+            "starts. Results are the same bits run after run for the same recipe and the same "
+            "thread count; another thread count may change the last bits of matrix products"),
 
         key(KD_KEY(data, train), required, path(PathKind::FileOrDir),
             "a text file, a directory of text files, or a token shard `.bin` (llm.c format)"),

@@ -36,6 +36,7 @@ struct Recipe {
     std::string out_dir;
     int64_t seed{};
     Device device{};
+    int threads{};  // CPU threads for the ops; 0: the cores available to the process
     bool operator==(const Run&) const = default;
   };
   struct Data {

@@ -7,9 +7,10 @@
 //   T = sequence length, C = channels, NH = heads, V = vocabulary, N = rows (usually B*T).
 // - A forward writes (overwrites) its outputs.
 // - A backward ADDS into every gradient it produces (parameters and inputs alike), so gradients
-// that
-//   meet (residual stream, tied embedding, accumulation over micro-batches) need no extra pass. The
-//   caller zeroes gradients once per optimizer step.
+//   that meet (residual stream, tied embedding, accumulation over micro-batches) need no extra
+//   pass. The caller zeroes gradients once per optimizer step.
+//   One stated exception: the GPU's matmul_backward(..., accumulate_dinp = false) overwrites dinp,
+//   which the GPU model uses only where dinp would be zero (the same values, one read less).
 // - A precondition that fails is a programming error of the caller, not bad user input.
 #pragma once
 

@@ -23,6 +23,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/io/tensorboard.h"
 #include "engine/io/tokenizer.h"
+#include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_tokenizer.h"
@@ -445,6 +446,7 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
       std::numeric_limits<double>::quiet_NaN();
+  cpu::set_threads(cpu::resolve_threads(r.run.threads));  // [run] threads: one pool for CPU ops
   check_out_dir_writable(r.run.out_dir);
   Setup s = prepare(r, out, true);
   GPT2& model = *s.student;
@@ -603,6 +605,7 @@ void print_check(const Recipe& r, std::ostream& out) {
 
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out) {
+  cpu::set_threads(cpu::resolve_threads(0));
   GPT2 student = load_model(ckpt);
   auto tok = require_checkpoint_tokenizer(ckpt, student.config().vocab_size, out);
   std::unique_ptr<GPT2> teacher;

@@ -1,5 +1,6 @@
 // Causal flash attention on the GPU against its CPU twin: forward output and lse, backward dq, dk,
-// dv (the GPU writes dqkv; the CPU twin adds, so it starts from zero), determinism of the backward.
+// dv (both add into dqkv, which starts from the same random values on both sides), determinism of
+// the backward.
 // Inputs are random, rounded to bf16 and given to the CPU twin as floats; outputs are poisoned
 // (NaN) before each kernel runs.
 #include <cstdint>
@@ -88,16 +89,17 @@ TEST_P(AttentionTest, BackwardMatchesCpuAndIsDeterministic) {
   kd::cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH);
   const std::vector<bf16> out_b = round_to_bf16(out);
 
-  std::vector<float> dqkv_cpu(n_qkv, 0.0f);  // the twin adds
+  // Both backwards add: dqkv starts from the same random (bf16) values on both sides.
+  std::vector<float> base = random_uniform(n_qkv, rng, -0.5f, 0.5f);
+  const std::vector<bf16> base_b = round_to_bf16(base);
+  std::vector<float> dqkv_cpu = to_float(base_b);
   kd::cpu::attention_backward(dqkv_cpu.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
                               s.T, C, s.NH);
 
   DeviceBuffer<bf16> d_qkv(qkv_b), d_dout(dout_b), d_out(out_b);
   DeviceBuffer<float> d_lse(lse);
   DeviceBuffer<float> d_scratch(kd::cuda::attention_backward_scratch_floats(s.B, s.T, s.NH));
-  DeviceBuffer<bf16> d_dqkv(n_qkv), d_dqkv2(n_qkv);
-  d_dqkv.poison();
-  d_dqkv2.poison();
+  DeviceBuffer<bf16> d_dqkv(base_b), d_dqkv2(base_b);
   d_scratch.poison();
   kd::cuda::attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(),
                                s.B, s.T, C, s.NH, nullptr, d_scratch.get());
@@ -135,7 +137,7 @@ TEST(AttentionPipeline, GpuForwardThenBackward) {
   const std::vector<bf16> qkv_b = round_to_bf16(qkv);
   std::vector<float> dout = random_uniform(n_out, rng, -1.0f, 1.0f);
   const std::vector<bf16> dout_b = round_to_bf16(dout);
-  std::vector<float> out(n_out), lse(n_lse), dqkv_cpu(n_qkv, 0.0f);
+  std::vector<float> out(n_out), lse(n_lse), dqkv_cpu(n_qkv, 0.0f);  // both add, from zero
   kd::cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH);
   kd::cpu::attention_backward(dqkv_cpu.data(), dout.data(), qkv.data(), out.data(), lse.data(), B,
                               T, C, NH);
@@ -145,7 +147,8 @@ TEST(AttentionPipeline, GpuForwardThenBackward) {
       d_scratch(kd::cuda::attention_backward_scratch_floats(B, T, NH));
   d_out.poison();
   d_lse.poison();
-  d_dqkv.poison();
+  std::vector<float> zeros(n_qkv, 0.0f);
+  d_dqkv.upload(round_to_bf16(zeros));
   kd::cuda::attention_forward(d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, nullptr);
   kd::cuda::attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(), B,
                                T, C, NH, nullptr, d_scratch.get());

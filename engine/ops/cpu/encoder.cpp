@@ -1,9 +1,10 @@
 // Token + position embedding, CPU twin of cuda/encoder.cu. Math: docs/ops/encoder.md.
 #include <string>
 
-#include "engine/ops/cpu/ops.h"
 #include "engine/base/error.h"
 #include "engine/base/trace.h"
+#include "engine/ops/cpu/ops.h"
+#include "engine/ops/cpu/threads.h"
 
 namespace kd::cpu {
 
@@ -27,7 +28,7 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
                      int T, int C) {
   KD_OP("encoder_forward", double(B) * T * C, 12.0 * B * T * C);
   check_tokens(tokens, B, T, "encoder_forward");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(size_t(B) * T * C, size_t{1} << 20))
   for (int bt = 0; bt < B * T; ++bt) {
     const int t = bt % T;
     const float* tok_row = wte + static_cast<size_t>(tokens[bt]) * C;
@@ -44,7 +45,7 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
   // A token may repeat, so rows of dwte receive several contributions. Each thread owns a block of
   // channels and walks every (b, t) in order: the sums are the same whatever the thread count.
   const int blocks = (C + kChannelBlock - 1) / kChannelBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(size_t(B) * T * C, size_t{1} << 20))
   for (int blk = 0; blk < blocks; ++blk) {
     const int c0 = blk * kChannelBlock;
     const int c1 = c0 + kChannelBlock < C ? c0 + kChannelBlock : C;

@@ -29,6 +29,12 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean, const float* rstd,
                         int N, int C);
+// Fused residual add + LayerNorm (forward only): res = a + b, then out = LayerNorm(res) as
+// layernorm_forward. The same values as residual_forward followed by layernorm_forward, in one
+// pass over each row. Its backward is those two ops' backwards.
+void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, const float* weight, const float* bias, int N,
+                                int C);
 
 // ---- matrix product with bias (BLAS)
 // ------------------------------------------------------------------ Weight layouts: InOut is HF's
@@ -37,6 +43,11 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 // out[N,OC] = inp[N,C] · W + bias
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                     int C, int OC, Layout layout);
+// Fused bias + GELU (the MLP's first product): pre = inp · W + bias as matmul_forward (InOut),
+// and out = gelu(pre) as gelu_forward, each thread applying GELU to its own block of the product
+// right after computing it. Same values as the two ops in sequence.
+void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                         const float* bias, int N, int C, int OC);
 // dinp += dout · W^T; dweight += (layout-appropriate) inp^T · dout; dbias += sum_rows dout.
 // dinp, dweight, dbias may each be null (not wanted).
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
