@@ -310,7 +310,7 @@ void GPT2Cuda::backward(const bf16* dlogits) {
     cuda::matmul_backward(a.dC, gr.attprojw, gr.attprojb, a.dres, atty, w.attprojw, N, C, C,
                           Layout::InOut, s, false);
     bf16* dqkv = a.d4a;  // [N,3C] inside the [N,4C] buffer, free again; the backward adds
-    check(cudaMemsetAsync(dqkv, 0, NC * 3 * sizeof(bf16), s), "backward memset");
+    KD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, NC * 3 * sizeof(bf16), s));
     cuda::attention_backward(dqkv, a.dC, qkv, atty, lse, B, T, C, NH, s, a.att_scratch);
     // qkv = ln1 · W + b
     cuda::matmul_backward(a.dC, gr.qkvw, gr.qkvb, dqkv, ln1, w.qkvw, N, C, 3 * C, Layout::InOut, s,
