@@ -1,5 +1,6 @@
-// The kdengine command line as a user meets it: exit codes, error messages for bad recipes, --help,
-// and Ctrl-C (SIGINT) leaving a loadable checkpoint with exit status 130.
+// The kdengine command line as a user meets it: exit codes (2 bad input, 1 any other failure, 130
+// interrupted), error messages for bad recipes, --help, and Ctrl-C (SIGINT) leaving a loadable
+// checkpoint.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -147,6 +148,17 @@ TEST_F(CliTest, TrainCheckEvalSample) {
   Result bad =
       run("eval " + (dir_ / "nowhere").string() + " --data " + (dir_ / "corpus.txt").string());
   EXPECT_EQ(bad.status, 2) << bad.output;
+}
+
+// A failure that is not bad input (here the run diverges) exits 1 with "error: " and the reason.
+TEST_F(CliTest, FailureThatIsNotBadInputExits1) {
+  const fs::path p = write("r.toml", good_recipe(40));
+  Result r = run("train " + p.string() +
+                 " --set optim.lr=1e30 --set optim.grad_clip=0 --set schedule.warmup_steps=0"
+                 " --set schedule.min_lr=0");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: step "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("stopping"), std::string::npos) << r.output;
 }
 
 TEST_F(CliTest, SigintWritesACheckpointAndExits130) {

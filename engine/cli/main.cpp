@@ -1,5 +1,6 @@
 // The command line: kdengine train | check | eval | sample.
-// Exit status: 0 success, 2 bad input (recipe, data, checkpoint), 1 anything else, 130 interrupted.
+// Exit status (the exception policy in engine/base/error.h): 0 success, 2 bad input (recipe, data,
+// checkpoint, command line), 1 anything else, 130 interrupted.
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -17,7 +18,7 @@
 
 namespace {
 
-constexpr int kOk = 0, kFailure = 1, kBadInput = 2, kInterrupted = 130;
+constexpr int kOk = kd::kExitOk, kBadInput = kd::kExitBadInput, kInterrupted = kd::kExitInterrupted;
 
 const char* kUsage =
     "kdengine: knowledge distillation for GPT-2 models\n"
@@ -215,11 +216,7 @@ int main(int argc, char** argv) {
   }
   try {
     return run(cmd, args);
-  } catch (const kd::InputError& e) {
-    std::cerr << e.what() << "\n";
-    return kBadInput;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return kFailure;
+  } catch (...) {
+    return kd::report_error(std::cerr);  // the exception policy: engine/base/error.h
   }
 }

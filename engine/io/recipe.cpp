@@ -692,10 +692,10 @@ const std::vector<Key>& keys() {
     for (size_t i = 0; i < t.size(); ++i)
       for (size_t j = 0; j < i; ++j) {
         const bool same_section = std::string_view(t[i].section) == t[j].section;
-        if (same_section && std::string_view(t[i].name) == t[j].name)
-          throw std::logic_error(std::string("recipe key table: ") + t[i].name + " twice");
-        if (same_section && std::string_view(t[i - 1].section) != t[i].section)
-          throw std::logic_error(std::string("recipe key table: [") + t[i].section + "] is split");
+        KD_REQUIRE(!same_section || std::string_view(t[i].name) != t[j].name,
+                   std::string("recipe key table: ") + t[i].name + " twice");
+        KD_REQUIRE(!same_section || std::string_view(t[i - 1].section) == t[i].section,
+                   std::string("recipe key table: [") + t[i].section + "] is split");
       }
     return t;
   }();
