@@ -157,21 +157,20 @@ void global_norm(float* norm, float* scale, const float* grads, size_t n, float 
     KD_CUDA_CHECK(cudaMemsetAsync(partial.as<double>(), 0, sizeof(double), s));
   } else {
     norm_chunks<<<chunks, kThreads, 0, s>>>(partial.as<double>(), grads, n);
-    KD_CUDA_CHECK_LAUNCH();
+    KD_CUDA_CHECK(cudaGetLastError());
   }
   norm_finish<<<1, kThreads, 0, s>>>(norm, scale, partial.as<double>(), chunks, max_norm);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
                   const kd::ParamSpan* spans, int num_spans, size_t n,
                   const kd::AdamWConfig& cfg, int t, float grad_scale,
                   const float* grad_scale_dev, AdamWRounding rounding, cudaStream_t s) {
-  if (t < 1) throw InputError("adamw_update (cuda): step t must be >= 1, got " + std::to_string(t));
-  if (!(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f) || !(cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f)) {
-    throw InputError("adamw_update (cuda): beta1 and beta2 must be in [0, 1), got " +
-                     std::to_string(cfg.beta1) + " and " + std::to_string(cfg.beta2));
-  }
+  KD_REQUIRE(t >= 1, "adamw_update (cuda): step t must be >= 1, got " + std::to_string(t));
+  KD_REQUIRE(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f && cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f,
+             "adamw_update (cuda): beta1 and beta2 must be in [0, 1), got " +
+                 std::to_string(cfg.beta1) + " and " + std::to_string(cfg.beta2));
   if (n == 0 || num_spans <= 0) return;
   // The CPU twin's scalars, computed the same way.
   const double bias1 = 1.0 - std::pow(static_cast<double>(cfg.beta1), t);
@@ -190,7 +189,7 @@ void adamw_update(bf16* params, float* master, const float* grads, float* m, flo
   adamw_kernel<<<grid, kThreads, 0, s>>>(params, master, grads, m, v, spans, num_spans, n, S,
                                          grad_scale, grad_scale_dev, rounding.stochastic,
                                          rounding.seed, t);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace kd::cuda

@@ -30,7 +30,7 @@ struct AdamWRounding {
 // CPU twin's, in the same order and with the same fp32 roundings (no fused multiply-adds), so the
 // master weights and moments match it bit for bit. Each gradient is multiplied by
 // *grad_scale_dev when that pointer is non-null (e.g. the scale from global_norm), else by
-// grad_scale. t is the 1-based step. Throws kd::InputError on t < 1 or betas outside [0, 1).
+// grad_scale. t is the 1-based step. Throws kd::ContractError on t < 1 or betas outside [0, 1).
 void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
                   const kd::ParamSpan* spans, int num_spans, size_t n,
                   const kd::AdamWConfig& cfg, int t, float grad_scale,

@@ -464,21 +464,18 @@ __global__ void __launch_bounds__(kThreads)
 // ---- host side ----------------------------------------------------------------------------------
 
 int head_size(int B, int T, int C, int NH, const char* op) {
-  if (B < 0 || T < 0 || NH <= 0 || C <= 0 || C % NH != 0)
-    throw std::invalid_argument(std::string(op) + ": bad shape B=" + std::to_string(B) +
-                                " T=" + std::to_string(T) + " C=" + std::to_string(C) +
-                                " NH=" + std::to_string(NH));
+  KD_REQUIRE(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
+             std::string(op) + ": bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
+                 " C=" + std::to_string(C) + " NH=" + std::to_string(NH));
   const int hs = C / NH;
-  if (hs != 64 && hs != 128)
-    throw std::invalid_argument(std::string(op) + ": head size " + std::to_string(hs) +
-                                " not supported (64 or 128)");
-  if (static_cast<long long>(B) * NH > 65535)
-    throw std::invalid_argument(std::string(op) + ": B*NH above 65535");
+  KD_REQUIRE(hs == 64 || hs == 128,
+             std::string(op) + ": head size " + std::to_string(hs) + " not supported (64 or 128)");
+  KD_REQUIRE(static_cast<long long>(B) * NH <= 65535, std::string(op) + ": B*NH above 65535");
   return hs;
 }
 
 void require_aligned(const void* p, const char* what) {
-  if (!aligned16(p)) throw std::invalid_argument(std::string(what) + " must be 16-byte aligned");
+  KD_REQUIRE(aligned16(p), std::string(what) + " must be 16-byte aligned");
 }
 
 template <typename Kernel>
@@ -496,7 +493,7 @@ void forward_launch(bf16* out, float* lse, const bf16* qkv, int B, int T, int C,
   const dim3 grid(ceil_div(T, FwdCfg<D>::kBr), B * NH);
   attention_forward_kernel<D>
       <<<grid, kThreads, smem, stream>>>(out, lse, qkv, T, C, NH, scale_log2);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 template <int D>
@@ -508,21 +505,21 @@ void backward_launch(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* 
   const long long dot_threads = static_cast<long long>(B) * T * NH * (D / 8);
   attention_backward_dot_kernel<D>
       <<<ceil_div(dot_threads, 256), 256, 0, stream>>>(Dr, dout, out, B, T, C, NH);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 
   const size_t smem_kv = DkvCfg<D>::kSmem;
   allow_smem(attention_backward_dkdv_kernel<D>, smem_kv);
   const dim3 grid_kv(ceil_div(T, DkvCfg<D>::kBk), B * NH);
   attention_backward_dkdv_kernel<D><<<grid_kv, kThreads, smem_kv, stream>>>(
       dqkv, dout, qkv, lse, Dr, T, C, NH, scale, scale_log2);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 
   const size_t smem_q = DqCfg<D>::kSmem;
   allow_smem(attention_backward_dq_kernel<D>, smem_q);
   const dim3 grid_q(ceil_div(T, DqCfg<D>::kBq), B * NH);
   attention_backward_dq_kernel<D>
       <<<grid_q, kThreads, smem_q, stream>>>(dqkv, dout, qkv, lse, Dr, T, C, NH, scale, scale_log2);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -552,7 +549,7 @@ void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
   require_aligned(dout, "attention_backward: dout");
   require_aligned(qkv, "attention_backward: qkv");
   require_aligned(out, "attention_backward: out");
-  if (scratch == nullptr) throw std::invalid_argument("attention_backward: scratch is null");
+  KD_REQUIRE(scratch != nullptr, "attention_backward: scratch is null");
   if (hs == 64)
     backward_launch<64>(dqkv, dout, qkv, out, lse, B, T, C, NH, stream, scratch);
   else

@@ -11,7 +11,7 @@ namespace kd::cuda {
 
 // out = softmax(q k^T / sqrt(hs), causal) v in bf16 (fp32 math); lse[b,h,t] = natural log of the
 // sum of exp of the scaled scores of query t. qkv, out must be 16-byte aligned. Throws
-// std::invalid_argument for an unsupported head size (hs = C/NH must be 64 or 128).
+// kd::ContractError for an unsupported head size (hs = C/NH must be 64 or 128).
 void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                        cudaStream_t stream);
 

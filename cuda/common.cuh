@@ -1,28 +1,89 @@
-// Shared helpers for the CUDA kernels: error checking, bf16 conversions, warp reductions.
+// Shared helpers for the CUDA kernels: the CUDA error check, bf16 conversions, warp reductions.
 // Includable from host-compiled (.cpp) translation units: the device-only helpers are compiled
 // only by nvcc (__CUDACC__) or for the CPU emulator (KD_CUDA_EMU, tools/kdemu); the bf16 alias,
 // KD_CUDA_CHECK, ceil_div, aligned16 and StreamScratch are available everywhere.
 #pragma once
 
+#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
-#include <stdexcept>
+#include <cstring>
 #include <string>
+
+#include "engine/base/error.h"
 
 namespace kd::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// Throws std::runtime_error with the failing call, file and line.
-#define KD_CUDA_CHECK(call)                                                                      \
-  do {                                                                                           \
-    cudaError_t kd_err_ = (call);                                                                \
-    if (kd_err_ != cudaSuccess)                                                                  \
-      throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorString(kd_err_) +       \
-                               " at " + __FILE__ + ":" + std::to_string(__LINE__) + ": " #call); \
-  } while (0)
+// ---- the CUDA error check ----------------------------------------------------------------------
+// KD_CUDA_CHECK(call) is the one check for every CUDA runtime and cuBLASLt call: `call` returns a
+// cudaError_t or a cublasStatus_t; anything but success throws kd::CudaError (engine/base/error.h) with
+// FILE:LINE, the call's text and the error's name and description. A launch is checked with
+// KD_CUDA_CHECK(cudaGetLastError()) right after it (configuration errors); errors while a kernel
+// runs surface at the next synchronising call, which is checked the same way.
+#define KD_CUDA_CHECK(call) \
+  ::kd::cuda::detail::check((call), #call, __FILE__, ::kd::detail::kErrorHeader, __LINE__)
+
+namespace detail {
+
+[[noreturn]] inline void cuda_failed(const char* file, std::string_view error_header, int line,
+                                     const char* call, const std::string& error) {
+  throw CudaError(kd::detail::source_path(file, error_header) + ":" + std::to_string(line) + ": " +
+                  call + " failed: " + error);
+}
+
+inline void check(cudaError_t e, const char* call, const char* file, std::string_view error_header,
+                  int line) {
+  if (e == cudaSuccess) [[likely]]
+    return;
+  // Reset the runtime's last-error state, so that the next launch check reports its own launch
+  // and not this call (errors that corrupt the context stay, whatever is done here).
+  cudaGetLastError();
+  std::string error = cudaGetErrorString(e);
+  const char* name = cudaGetErrorName(e);
+  if (std::strcmp(name, error.c_str()) != 0) error += std::string(" (") + name + ")";
+  cuda_failed(file, error_header, line, call, error);
+}
+
+inline const char* cublas_status_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR:
+      return "CUBLAS_STATUS_LICENSE_ERROR";
+  }
+  return "an unknown cuBLAS status";
+}
+
+// cuBLASLt's own status (cublasGetStatusString lives in libcublas, which is not linked).
+inline void check(cublasStatus_t s, const char* call, const char* file,
+                  std::string_view error_header, int line) {
+  if (s == CUBLAS_STATUS_SUCCESS) [[likely]]
+    return;
+  cuda_failed(file, error_header, line, call,
+              std::string(cublas_status_name(s)) + " (status " + std::to_string(s) + ")");
+}
+
+}  // namespace detail
 
 inline int ceil_div(long long a, long long b) {
   return static_cast<int>((a + b - 1) / b);
@@ -105,9 +166,5 @@ class StreamScratch {
   void* ptr_ = nullptr;
   cudaStream_t stream_;
 };
-
-// Checks the launch that was just queued (configuration errors); execution errors surface at the
-// next synchronisation.
-#define KD_CUDA_CHECK_LAUNCH() KD_CUDA_CHECK(cudaGetLastError())
 
 }  // namespace kd::cuda

@@ -186,7 +186,7 @@ void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf
     encoder_forward_scalar<<<ceil_div(work, kThreads), kThreads, 0, s>>>(out, tokens, wte, wpe, N,
                                                                          T, C);
   }
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens, int B,
@@ -198,25 +198,25 @@ void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t*
   StreamScratch scratch(sizeof(unsigned long long) * P, s);
   unsigned long long* keys = scratch.as<unsigned long long>();
   make_keys<<<ceil_div(P, kThreads), kThreads, 0, s>>>(keys, tokens, N, P);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
   const int tile = P < kSortTile ? P : kSortTile;
   const size_t smem = sizeof(unsigned long long) * tile;
   bitonic_tile<<<P / tile, tile / 2, smem, s>>>(keys, tile, 0);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
   for (int k = 2 * tile; k <= P; k <<= 1) {
     for (int j = k >> 1; j >= tile; j >>= 1) {
       bitonic_global<<<ceil_div(P / 2, kThreads), kThreads, 0, s>>>(keys, P, j, k);
-      KD_CUDA_CHECK_LAUNCH();
+      KD_CUDA_CHECK(cudaGetLastError());
     }
     bitonic_tile<<<P / tile, tile / 2, smem, s>>>(keys, tile, k);
-    KD_CUDA_CHECK_LAUNCH();
+    KD_CUDA_CHECK(cudaGetLastError());
   }
   const dim3 grid(N, ceil_div(C, kThreads));
   encoder_backward_wte<<<grid, kThreads, 0, s>>>(dwte, dout, keys, N, C);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
   encoder_backward_wpe<<<ceil_div(static_cast<long long>(T) * C, kThreads), kThreads, 0, s>>>(
       dwpe, dout, B, T, C);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace kd::cuda

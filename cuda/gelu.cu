@@ -88,7 +88,7 @@ void launch(bf16* out, const bf16* inp, const bf16* dout, size_t n, cudaStream_t
   const size_t work = nvec > 0 ? nvec : n;
   const int grid = static_cast<int>(std::min<size_t>((work + kThreads - 1) / kThreads, kMaxGrid));
   gelu_kernel<BACKWARD><<<grid, kThreads, 0, s>>>(out, inp, dout, n, h, nvec);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace

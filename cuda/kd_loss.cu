@@ -301,19 +301,18 @@ void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* 
              int Vt, const int32_t* targets, int N, int V, const kd::LossConfig& cfg,
              float inv_norm, cudaStream_t s) {
   const std::string where = "kd_loss (cuda): ";
-  if (N < 0) throw InputError(where + "row count N must be >= 0, got " + std::to_string(N));
+  KD_REQUIRE(N >= 0, where + "row count N must be >= 0, got " + std::to_string(N));
   if (N == 0) return;
-  if (V <= 0) throw InputError(where + "vocabulary size V must be > 0, got " + std::to_string(V));
-  if (logits == nullptr || targets == nullptr)
-    throw InputError(where + "logits and targets must not be null");
-  if (teacher != nullptr && Vt < V)
-    throw InputError(where + "teacher row stride Vt must be >= V = " + std::to_string(V) +
-                     ", got " + std::to_string(Vt));
-  if (!(cfg.temperature > 0.0f) || !std::isfinite(cfg.temperature))
-    throw InputError(where + "temperature must be a finite number > 0, got " +
-                     std::to_string(cfg.temperature));
-  if (cfg.divergence == kd::Divergence::JSD && !(cfg.beta >= 0.0f && cfg.beta <= 1.0f))
-    throw InputError(where + "JSD beta must be in [0, 1], got " + std::to_string(cfg.beta));
+  KD_REQUIRE(V > 0, where + "vocabulary size V must be > 0, got " + std::to_string(V));
+  KD_REQUIRE(logits != nullptr && targets != nullptr,
+             where + "logits and targets must not be null");
+  KD_REQUIRE(teacher == nullptr || Vt >= V, where + "teacher row stride Vt must be >= V = " +
+                                                std::to_string(V) + ", got " + std::to_string(Vt));
+  KD_REQUIRE(
+      cfg.temperature > 0.0f && std::isfinite(cfg.temperature),
+      where + "temperature must be a finite number > 0, got " + std::to_string(cfg.temperature));
+  KD_REQUIRE(cfg.divergence != kd::Divergence::JSD || (cfg.beta >= 0.0f && cfg.beta <= 1.0f),
+             where + "JSD beta must be in [0, 1], got " + std::to_string(cfg.beta));
 
   int mode = kCE;
   if (teacher != nullptr) {
@@ -351,11 +350,11 @@ void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* 
           <<<N, threads, 0, s>>>(dlogits, rec.as<float>(), logits, teacher, Vt, targets, V, P);
       break;
   }
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
   if (sums != nullptr) {
     kd_loss_reduce<<<1, kReduceThreads, 0, s>>>(sums, rec.as<float>(), N, cfg.ce_weight,
                                                 cfg.kd_weight * scale, teacher != nullptr);
-    KD_CUDA_CHECK_LAUNCH();
+    KD_CUDA_CHECK(cudaGetLastError());
   }
 }
 

@@ -13,8 +13,8 @@ namespace kd::cuda {
 // so that the error is visible in the sums). dlogits [N,V] bf16 receives inv_norm *
 // d(loss)/dlogits; it may be null (evaluation) or equal logits (written in place). sums: a DEVICE
 // LossSums that the call ADDS into (as the CPU twin), or null. Enqueued on s without host
-// synchronisation; uses 24 * N bytes of stream-ordered scratch. Throws kd::InputError on an invalid
-// cfg, V or Vt.
+// synchronisation; uses 24 * N bytes of stream-ordered scratch. Throws kd::ContractError on an
+// invalid cfg, V or Vt.
 void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* teacher,
              int Vt, const int32_t* targets, int N, int V, const kd::LossConfig& cfg,
              float inv_norm, cudaStream_t s);

@@ -209,7 +209,7 @@ void launch_forward(bf16* out, float* mean, float* rstd, bf16* residual, const b
     layernorm_forward_kernel<1, RESID>
         <<<grid, kFwdWarps * 32, 0, s>>>(out, mean, rstd, residual, inp, add, weight, bias, N, C);
   }
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -232,8 +232,7 @@ void layernorm_backward(bf16* dinp, float* dweight, float* dbias, const bf16* do
   const size_t per_warp = 2 * sizeof(float) * static_cast<size_t>(C);
   int warps = static_cast<int>(kBwdSmemLimit / per_warp);
   if (warps > kBwdMaxWarps) warps = kBwdMaxWarps;
-  if (warps < 1)
-    throw std::runtime_error("layernorm_backward: C=" + std::to_string(C) +
+  KD_REQUIRE(warps >= 1, "layernorm_backward: C=" + std::to_string(C) +
                              " needs more shared memory than one block has");
   const size_t smem = per_warp * warps;
   const int blocks = ceil_div(N, kBwdRows);
@@ -254,10 +253,10 @@ void layernorm_backward(bf16* dinp, float* dweight, float* dbias, const bf16* do
     layernorm_backward_kernel<1><<<blocks, warps * 32, smem, s>>>(dinp, partial.as<float>(), dout,
                                                                   inp, weight, mean, rstd, N, C);
   }
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
   layernorm_param_reduce<<<ceil_div(C, 256), 256, 0, s>>>(dweight, dbias, partial.as<float>(),
                                                           blocks, C);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace kd::cuda

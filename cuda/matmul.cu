@@ -45,14 +45,6 @@ namespace kd::cuda {
 
 namespace {
 
-#define KD_CUBLAS_CHECK(call)                                                                     \
-  do {                                                                                            \
-    cublasStatus_t kd_st_ = (call);                                                               \
-    if (kd_st_ != CUBLAS_STATUS_SUCCESS)                                                          \
-      throw std::runtime_error(std::string("cuBLASLt error ") + std::to_string(kd_st_) + " at " + \
-                               __FILE__ + ":" + std::to_string(__LINE__) + ": " #call);           \
-  } while (0)
-
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
 // ---- bias gradient
@@ -182,7 +174,7 @@ struct Plan {
 class Context {
  public:
   Context() {
-    KD_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    KD_CUDA_CHECK(cublasLtCreate(&handle_));
     KD_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
   }
 
@@ -192,8 +184,8 @@ class Context {
     Plan& p = plan_for(g);
     set_pointers(p, g);
     const float alpha = 1.0f;
-    KD_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &alpha, g.a, p.la, g.b, p.lb, &g.beta, g.d,
-                                   p.ld, g.d, p.ld, &p.algo, workspace_, kWorkspaceBytes, stream));
+    KD_CUDA_CHECK(cublasLtMatmul(handle_, p.desc, &alpha, g.a, p.la, g.b, p.lb, &g.beta, g.d, p.ld,
+                                 g.d, p.ld, &p.algo, workspace_, kWorkspaceBytes, stream));
     ++calls_;
   }
 
@@ -209,19 +201,19 @@ class Context {
  private:
   static cublasLtMatrixLayout_t layout(cudaDataType_t type, int rows, int cols, int64_t ld) {
     cublasLtMatrixLayout_t l = nullptr;
-    KD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, type, rows, cols, ld));
+    KD_CUDA_CHECK(cublasLtMatrixLayoutCreate(&l, type, rows, cols, ld));
     return l;
   }
 
   static void set_pointers(Plan& p, const Gemm& g) {
     if (g.bias != nullptr) {
       const void* bias = g.bias;
-      KD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                     &bias, sizeof(bias)));
+      KD_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                   sizeof(bias)));
     }
     if (g.aux != nullptr) {
       void* aux = g.aux;
-      KD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+      KD_CUDA_CHECK(cublasLtMatmulDescSetAttribute(
           p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
     }
   }
@@ -232,20 +224,20 @@ class Context {
     if (it != plans_.end()) return it->second;
 
     Plan p;
-    KD_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    KD_CUDA_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const int32_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const int32_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    KD_CUBLAS_CHECK(
+    KD_CUDA_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    KD_CUBLAS_CHECK(
+    KD_CUDA_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     const uint32_t epi = static_cast<uint32_t>(g.epilogue);
-    KD_CUBLAS_CHECK(
+    KD_CUDA_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     if (g.aux != nullptr) {
       const int64_t aux_ld = g.aux_ld;
-      KD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
-                                                     &aux_ld, sizeof(aux_ld)));
+      KD_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                   &aux_ld, sizeof(aux_ld)));
     }
     set_pointers(p, g);  // the heuristic reads the bias/aux pointers' alignment
 
@@ -255,16 +247,16 @@ class Context {
     p.ld = layout(g.d_fp32 ? CUDA_R_32F : CUDA_R_16BF, g.m, g.n, g.ldd);
 
     cublasLtMatmulPreference_t pref = nullptr;
-    KD_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    KD_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = kWorkspaceBytes;
-    KD_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+    KD_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
     const uint32_t aligns[4] = {key.align_a, key.align_b, key.align_d, key.align_d};
     const cublasLtMatmulPreferenceAttributes_t attrs[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4; ++i)
-      KD_CUBLAS_CHECK(
+      KD_CUDA_CHECK(
           cublasLtMatmulPreferenceSetAttribute(pref, attrs[i], &aligns[i], sizeof(aligns[i])));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
@@ -276,7 +268,7 @@ class Context {
       cublasLtMatrixLayoutDestroy(p.lb);
       cublasLtMatrixLayoutDestroy(p.ld);
       cublasLtMatmulDescDestroy(p.desc);
-      throw std::runtime_error(
+      throw CudaError(
           "cuBLASLt: no algorithm for m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) +
           " k=" + std::to_string(g.k) + " epilogue=" + std::to_string(epi) +
           (g.d_fp32 ? " (fp32 output)" : " (bf16 output)") + " status=" + std::to_string(st));
@@ -304,9 +296,9 @@ Context& context() {
 }
 
 void check_shape(int N, int C, int OC, const char* op) {
-  if (N < 0 || C < 0 || OC < 0)
-    throw std::invalid_argument(std::string(op) + ": negative size N=" + std::to_string(N) +
-                                " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
+  KD_REQUIRE(N >= 0 && C >= 0 && OC >= 0,
+             std::string(op) + ": negative size N=" + std::to_string(N) +
+                 " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
 }
 
 }  // namespace
@@ -315,10 +307,9 @@ void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* 
                     int OC, Layout layout, bool gelu_epilogue, bf16* pre_gelu,
                     cudaStream_t stream) {
   check_shape(N, C, OC, "matmul_forward");
-  if (gelu_epilogue && pre_gelu == nullptr)
-    throw std::invalid_argument("matmul_forward: gelu_epilogue needs pre_gelu");
+  KD_REQUIRE(!gelu_epilogue || pre_gelu != nullptr, "matmul_forward: gelu_epilogue needs pre_gelu");
   if (N == 0 || OC == 0) return;
-  if (C == 0) throw std::invalid_argument("matmul_forward: C = 0 is not supported on the GPU");
+  KD_REQUIRE(C != 0, "matmul_forward: C = 0 is not supported on the GPU");
   const bool in_out = layout == Layout::InOut;
   // The fused GELU needs the aux leading dimension (OC) a multiple of 8; otherwise the product
   // writes pre_gelu and a separate pass applies GELU.
@@ -410,10 +401,10 @@ void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout,
     StreamScratch partial(sizeof(float) * static_cast<size_t>(used_chunks) * OC, stream);
     bias_partial_kernel<<<dim3(col_blocks, used_chunks), dim3(32, kBiasRowThreads), 0, stream>>>(
         partial.as<float>(), dout, N, OC, rows_per_chunk);
-    KD_CUDA_CHECK_LAUNCH();
+    KD_CUDA_CHECK(cudaGetLastError());
     bias_finish_kernel<<<ceil_div(OC, 256), 256, 0, stream>>>(dbias, partial.as<float>(), OC,
                                                               used_chunks);
-    KD_CUDA_CHECK_LAUNCH();
+    KD_CUDA_CHECK(cudaGetLastError());
   }
 }
 

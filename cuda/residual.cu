@@ -76,7 +76,7 @@ void launch(bf16* y, bf16* z, const bf16* x, const bf16* a, size_t n, cudaStream
   const size_t work = nvec > 0 ? nvec : n;
   const int grid = static_cast<int>(std::min<size_t>((work + kThreads - 1) / kThreads, kMaxGrid));
   residual_kernel<BACKWARD><<<grid, kThreads, 0, s>>>(y, z, x, a, n, h, nvec);
-  KD_CUDA_CHECK_LAUNCH();
+  KD_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace

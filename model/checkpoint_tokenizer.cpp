@@ -225,8 +225,8 @@ void save_tokenizer_files(const std::string& dir, const Tokenizer& tok, int mode
     if (eot)
       for (const char* k : {"bos_token", "eos_token", "unk_token"}) map[k] = kEot;
     write_file_synced((d / "special_tokens_map.json").string(), map.dump(2) + "\n");
-  } else if (tok.name() != "bytes") {
-    throw std::runtime_error("save_tokenizer_files: unknown tokenizer kind " + tok.name());
+  } else {
+    KD_REQUIRE(tok.name() == "bytes", "save_tokenizer_files: unknown tokenizer kind " + tok.name());
   }
   write_file_synced((d / kTokenizerRecord).string(), rec.dump(2) + "\n");
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "engine/base/error.h"
 #include "engine/base/rng.h"
 #include "engine/base/trace.h"
 #include "engine/ops/cpu/ops.h"
@@ -41,9 +42,10 @@ std::vector<ParamInfo> gpt2_param_table(const GPT2Config& cfg) {
 
 GPT2Layout gpt2_layout(const GPT2Config& cfg, const std::vector<ParamInfo>& table) {
   auto at = [&](const std::string& name) {
-    for (const auto& p : table)
-      if (p.name == name) return p.offset;
-    throw std::out_of_range("gpt2_layout: no parameter named '" + name + "'");
+    const auto it = std::find_if(table.begin(), table.end(),
+                                 [&](const ParamInfo& p) { return p.name == name; });
+    KD_REQUIRE(it != table.end(), "gpt2_layout: no parameter named '" + name + "'");
+    return it->offset;
   };
   GPT2Layout L;
   L.wte = at("wte.weight");
@@ -67,16 +69,17 @@ size_t GPT2Config::num_parameters() const {
 
 GPT2::GPT2(const GPT2Config& cfg)
     : cfg_(cfg), table_(gpt2_param_table(cfg)), layout_(gpt2_layout(cfg, table_)) {
-  if (cfg.n_layer < 1 || cfg.n_head < 1 || cfg.n_embd < 1 || cfg.vocab_size < 1 ||
-      cfg.block_size < 1 || cfg.n_embd % cfg.n_head != 0)
-    throw std::invalid_argument("GPT2: invalid config (n_embd must be a multiple of n_head)");
+  KD_REQUIRE(cfg.n_layer >= 1 && cfg.n_head >= 1 && cfg.n_embd >= 1 && cfg.vocab_size >= 1 &&
+                 cfg.block_size >= 1 && cfg.n_embd % cfg.n_head == 0,
+             "GPT2: invalid config (n_embd must be a multiple of n_head)");
   params.assign(cfg.num_parameters(), 0.0f);
 }
 
 const ParamInfo& GPT2::info(std::string_view name) const {
-  for (const auto& p : table_)
-    if (p.name == name) return p;
-  throw std::out_of_range("GPT2: no parameter named '" + std::string(name) + "'");
+  const auto it = std::find_if(table_.begin(), table_.end(),
+                               [&](const ParamInfo& p) { return p.name == name; });
+  KD_REQUIRE(it != table_.end(), "GPT2: no parameter named '" + std::string(name) + "'");
+  return *it;
 }
 
 void GPT2::init_random(uint64_t seed) {
@@ -131,8 +134,8 @@ size_t GPT2::inference_scratch_bytes(const GPT2Config& cfg, int B, int T) {
 }
 
 void GPT2::ensure_acts(int B, int T) {
-  if (T < 1 || T > cfg_.block_size || B < 1)
-    throw std::invalid_argument("GPT2::forward: need 1 <= T <= block_size and B >= 1");
+  KD_REQUIRE(T >= 1 && T <= cfg_.block_size && B >= 1,
+             "GPT2::forward: need 1 <= T <= block_size and B >= 1");
   if (B == B_ && T == T_) return;
   B_ = B;
   T_ = T;
@@ -183,9 +186,9 @@ void GPT2::forward_hidden(const int32_t* tokens, int B, int T) {
   const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
   const size_t NC = static_cast<size_t>(N) * C;
   for (int i = 0; i < N; ++i)
-    if (tokens[i] < 0 || tokens[i] >= V)
-      throw std::invalid_argument("GPT2::forward: token id " + std::to_string(tokens[i]) +
-                                  " outside the vocabulary of " + std::to_string(V));
+    KD_REQUIRE(tokens[i] >= 0 && tokens[i] < V,
+               "GPT2::forward: token id " + std::to_string(tokens[i]) +
+                   " outside the vocabulary of " + std::to_string(V));
   tokens_.assign(tokens, tokens + N);
   Acts& a = acts_;
   float* P = params.data();
@@ -223,9 +226,8 @@ void GPT2::forward_hidden(const int32_t* tokens, int B, int T) {
 }
 
 void GPT2::backward(const float* dlogits) {
-  if (B_ == 0) throw std::logic_error("GPT2::backward: call forward() first");
-  if (grads.size() != params.size())
-    throw std::logic_error("GPT2::backward: call enable_training() first");
+  KD_REQUIRE(grads.size() == params.size(), "GPT2::backward: call enable_training() first");
+  KD_REQUIRE(B_ != 0, "GPT2::backward: call forward() first");
   const int N = B_ * T_, C = cfg_.n_embd, V = cfg_.vocab_size;
   std::vector<float> dlnf(static_cast<size_t>(N) * C, 0.0f);
   cpu::matmul_backward(dlnf.data(), grad("wte.weight"), nullptr, dlogits, acts_.lnf.data(),
@@ -234,9 +236,8 @@ void GPT2::backward(const float* dlogits) {
 }
 
 void GPT2::backward_hidden(const float* dhidden) {
-  if (grads.size() != params.size())
-    throw std::logic_error("GPT2::backward: call enable_training() first");
-  if (B_ == 0) throw std::logic_error("GPT2::backward: call forward() first");
+  KD_REQUIRE(grads.size() == params.size(), "GPT2::backward: call enable_training() first");
+  KD_REQUIRE(B_ != 0, "GPT2::backward: call forward() first");
   const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head;
   const size_t NC = static_cast<size_t>(N) * C;
   Acts& a = acts_;
@@ -299,8 +300,8 @@ void GPT2::backward_hidden(const float* dhidden) {
 }
 
 void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) const {
-  if (T < 1 || T > cfg_.block_size || B < 1)
-    throw std::invalid_argument("GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
+  KD_REQUIRE(T >= 1 && T <= cfg_.block_size && B >= 1,
+             "GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
   const size_t NC = static_cast<size_t>(B) * T * cfg_.n_embd;
   std::vector<float> h(NC);
   forward_inference_hidden(h.data(), tokens, B, T);
@@ -309,13 +310,13 @@ void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) co
 }
 
 void GPT2::forward_inference_hidden(float* out, const int32_t* tokens, int B, int T) const {
-  if (T < 1 || T > cfg_.block_size || B < 1)
-    throw std::invalid_argument("GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
+  KD_REQUIRE(T >= 1 && T <= cfg_.block_size && B >= 1,
+             "GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
   const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
   const size_t NC = static_cast<size_t>(N) * C;
   for (int i = 0; i < N; ++i)
-    if (tokens[i] < 0 || tokens[i] >= V)
-      throw std::invalid_argument("GPT2::forward_inference: token id outside the vocabulary");
+    KD_REQUIRE(tokens[i] >= 0 && tokens[i] < V,
+               "GPT2::forward_inference: token id outside the vocabulary");
   // One layer of scratch, reused by every layer.
   std::vector<float> x(NC), x2(NC), ln(NC), qkv(3 * NC), atty(NC), proj(NC), fch(4 * NC),
       gelu(4 * NC), lse(static_cast<size_t>(NH) * N), mean(N), rstd(N);

@@ -93,7 +93,7 @@ class GPT2 {
 
   const GPT2Config& config() const { return cfg_; }
   const std::vector<ParamInfo>& table() const { return table_; }
-  const ParamInfo& info(std::string_view name) const;  // throws std::out_of_range naming it
+  const ParamInfo& info(std::string_view name) const;  // throws kd::ContractError naming it
   const GPT2Layout& layout() const { return layout_; }
 
   std::vector<float> params;  // all parameters, laid out as table()

@@ -23,11 +23,6 @@ using cuda::bf16;
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
-
 // Lays out buffers inside one allocation, each at a 256-byte boundary. With base == nullptr it only
 // counts (the plan); with the real base it hands out pointers in the same order.
 class Carver {
@@ -94,9 +89,8 @@ DeviceBlock::DeviceBlock(size_t bytes) : bytes_(bytes) {
   const cudaError_t e = cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    throw std::runtime_error("GPU out of memory: cannot allocate " +
-                             std::to_string(bytes / (1024 * 1024)) + " MiB (" +
-                             cudaGetErrorString(e) + "); lower micro_batch or seq_len");
+    throw CudaError("GPU out of memory: cannot allocate " + std::to_string(bytes / (1024 * 1024)) +
+                    " MiB (" + cudaGetErrorString(e) + "); lower micro_batch or seq_len");
   }
   ptr_ = static_cast<char*>(p);
 }
@@ -147,14 +141,13 @@ GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream
       maxT_(T),
       stream_(stream) {
   const int C = cfg_.n_embd, hs = cfg_.n_embd / cfg_.n_head;
-  if (B < 1 || T < 1 || T > cfg_.block_size)
-    throw std::invalid_argument("GPT2Cuda: need B >= 1 and 1 <= T <= block_size (" +
-                                std::to_string(cfg_.block_size) + ")");
-  if (C % 8 != 0 || (hs != 64 && hs != 128))
-    throw std::invalid_argument(
-        "GPT2Cuda: the GPU backend needs n_embd a multiple of 8 and a head size (n_embd / "
-        "n_head) of 64 or 128; this model has n_embd " +
-        std::to_string(C) + " and head size " + std::to_string(hs));
+  KD_REQUIRE(
+      B >= 1 && T >= 1 && T <= cfg_.block_size,
+      "GPT2Cuda: need B >= 1 and 1 <= T <= block_size (" + std::to_string(cfg_.block_size) + ")");
+  KD_REQUIRE(C % 8 == 0 && (hs == 64 || hs == 128),
+             "GPT2Cuda: the GPU backend needs n_embd a multiple of 8 and a head size (n_embd / "
+             "n_head) of 64 or 128; this model has n_embd " +
+                 std::to_string(C) + " and head size " + std::to_string(hs));
   mem_ = plan(cfg_, B, T, role);
   weights_block_ = DeviceBlock(mem_.weights);
   weights_ = reinterpret_cast<bf16*>(weights_block_.get());
@@ -168,8 +161,8 @@ GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream
     m_ = reinterpret_cast<float*>(moments_block_.get());
     v_ = m_ + P_;
     carve_acts(a_, &logits_, acts_block_.get(), cfg_, B, T, true);
-    check(cudaMemset(grads_, 0, P_ * sizeof(float)), "GPT2Cuda grads");
-    check(cudaMemset(m_, 0, 2 * P_ * sizeof(float)), "GPT2Cuda moments");
+    KD_CUDA_CHECK(cudaMemset(grads_, 0, P_ * sizeof(float)));
+    KD_CUDA_CHECK(cudaMemset(m_, 0, 2 * P_ * sizeof(float)));
   } else {
     acts_block_ = DeviceBlock(mem_.scratch);
     carve_acts(a_, &logits_, acts_block_.get(), cfg_, B, T, false);
@@ -180,10 +173,10 @@ GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream
 GPT2Cuda::~GPT2Cuda() = default;
 
 void GPT2Cuda::check_shape(const char* what, int B, int T) const {
-  if (B < 1 || T < 1 || B > maxB_ || T > maxT_)
-    throw std::invalid_argument(std::string(what) + ": (B, T) = (" + std::to_string(B) + ", " +
-                                std::to_string(T) + ") outside the planned (" +
-                                std::to_string(maxB_) + ", " + std::to_string(maxT_) + ")");
+  KD_REQUIRE(B >= 1 && T >= 1 && B <= maxB_ && T <= maxT_,
+             std::string(what) + ": (B, T) = (" + std::to_string(B) + ", " + std::to_string(T) +
+                 ") outside the planned (" + std::to_string(maxB_) + ", " + std::to_string(maxT_) +
+                 ")");
 }
 
 GPT2Cuda::LayerW GPT2Cuda::layer_w(int l) const {
@@ -200,8 +193,8 @@ size_t outer_offset(const GPT2Layout& L, const std::string& n) {
   if (n == "wte.weight") return L.wte;
   if (n == "wpe.weight") return L.wpe;
   if (n == "ln_f.weight") return L.lnfw;
-  if (n == "ln_f.bias") return L.lnfb;
-  throw std::out_of_range("GPT2Cuda: " + n + " is not a tensor outside the blocks");
+  KD_REQUIRE(n == "ln_f.bias", "GPT2Cuda: " + n + " is not a tensor outside the blocks");
+  return L.lnfb;
 }
 }  // namespace
 
@@ -214,8 +207,7 @@ float* GPT2Cuda::pg(const char* name) const {
 }
 
 void GPT2Cuda::forward(const int32_t* tokens_dev, int B, int T) {
-  if (role_ != Role::Student)
-    throw std::logic_error("GPT2Cuda::forward: a teacher has no training forward");
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::forward: a teacher has no training forward");
   check_shape("GPT2Cuda::forward", B, T);
   B_ = B;
   T_ = T;
@@ -271,8 +263,8 @@ void GPT2Cuda::forward(const int32_t* tokens_dev, int B, int T) {
 }
 
 void GPT2Cuda::backward(const bf16* dlogits) {
-  if (role_ != Role::Student) throw std::logic_error("GPT2Cuda::backward: a teacher is frozen");
-  if (B_ == 0) throw std::logic_error("GPT2Cuda::backward: call forward() first");
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::backward: a teacher is frozen");
+  KD_REQUIRE(B_ != 0, "GPT2Cuda::backward: call forward() first");
   const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size,
             L = cfg_.n_layer;
   const size_t NC = static_cast<size_t>(N) * C;
@@ -285,7 +277,7 @@ void GPT2Cuda::backward(const bf16* dlogits) {
   cuda::matmul_backward(a.dC, pg("wte.weight"), nullptr, dlogits, a.lnf, pw("wte.weight"), N, C, V,
                         Layout::OutIn, s, false);
   // dres = d(res3 of the last layer), built by the ln_f backward (which adds).
-  check(cudaMemsetAsync(a.dres, 0, NC * sizeof(bf16), s), "backward memset");
+  KD_CUDA_CHECK(cudaMemsetAsync(a.dres, 0, NC * sizeof(bf16), s));
   cuda::layernorm_backward(a.dres, pg("ln_f.weight"), pg("ln_f.bias"), a.dC, a.res3 + (L - 1) * SC,
                            pw("ln_f.weight"), a.lnf_mean, a.lnf_rstd, N, C, s);
   for (int l = L - 1; l >= 0; --l) {
@@ -306,7 +298,7 @@ void GPT2Cuda::backward(const bf16* dlogits) {
     // fcproj = gelu(fch) · W + b
     cuda::matmul_backward(a.d4a, gr.fcprojw, gr.fcprojb, a.dres, fch_gelu, w.fcprojw, N, 4 * C, C,
                           Layout::InOut, s, false);
-    check(cudaMemsetAsync(a.d4b, 0, 4 * NC * sizeof(bf16), s), "backward memset");
+    KD_CUDA_CHECK(cudaMemsetAsync(a.d4b, 0, 4 * NC * sizeof(bf16), s));
     cuda::gelu_backward(a.d4b, fch, a.d4a, 4 * NC, s);
     // fch = ln2 · W + b
     cuda::matmul_backward(a.dC, gr.fcw, gr.fcb, a.d4b, ln2, w.fcw, N, C, 4 * C, Layout::InOut, s,
@@ -318,7 +310,7 @@ void GPT2Cuda::backward(const bf16* dlogits) {
     cuda::matmul_backward(a.dC, gr.attprojw, gr.attprojb, a.dres, atty, w.attprojw, N, C, C,
                           Layout::InOut, s, false);
     bf16* dqkv = a.d4a;  // [N,3C] inside the [N,4C] buffer, free again; the backward adds
-    check(cudaMemsetAsync(dqkv, 0, NC * 3 * sizeof(bf16), s), "backward memset");
+    KD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, NC * 3 * sizeof(bf16), s));
     cuda::attention_backward(dqkv, a.dC, qkv, atty, lse, B, T, C, NH, s, a.att_scratch);
     // qkv = ln1 · W + b
     cuda::matmul_backward(a.dC, gr.qkvw, gr.qkvb, dqkv, ln1, w.qkvw, N, C, 3 * C, Layout::InOut, s,
@@ -364,87 +356,81 @@ void GPT2Cuda::forward_inference(bf16* out, const int32_t* tokens_dev, int B, in
 }
 
 void GPT2Cuda::zero_grad() {
-  if (grads_ != nullptr)
-    check(cudaMemsetAsync(grads_, 0, P_ * sizeof(float), stream_), "zero_grad");
+  if (grads_ != nullptr) KD_CUDA_CHECK(cudaMemsetAsync(grads_, 0, P_ * sizeof(float), stream_));
 }
 
 // ---- host copies -------------------------------------------------------------------------------
 
 void GPT2Cuda::copy_params_from(const GPT2& cpu) {
-  if (!(cpu.config() == cfg_) || cpu.params.size() != P_)
-    throw std::invalid_argument("GPT2Cuda::copy_params_from: a model of another configuration");
-  check(cudaStreamSynchronize(stream_), "copy_params_from");
+  KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == P_,
+             "GPT2Cuda::copy_params_from: a model of another configuration");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::vector<bf16> w16(P_);
   for (size_t i = 0; i < P_; ++i) w16[i] = __float2bfloat16_rn(cpu.params[i]);
-  check(cudaMemcpy(weights_, w16.data(), P_ * sizeof(bf16), cudaMemcpyHostToDevice),
-        "copy_params_from");
+  KD_CUDA_CHECK(cudaMemcpy(weights_, w16.data(), P_ * sizeof(bf16), cudaMemcpyHostToDevice));
   if (master_ != nullptr)
-    check(cudaMemcpy(master_, cpu.params.data(), P_ * sizeof(float), cudaMemcpyHostToDevice),
-          "copy_params_from");
+    KD_CUDA_CHECK(
+        cudaMemcpy(master_, cpu.params.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 void GPT2Cuda::copy_params_to(GPT2& cpu) const {
-  if (!(cpu.config() == cfg_) || cpu.params.size() != P_)
-    throw std::invalid_argument("GPT2Cuda::copy_params_to: a model of another configuration");
-  check(cudaStreamSynchronize(stream_), "copy_params_to");
+  KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == P_,
+             "GPT2Cuda::copy_params_to: a model of another configuration");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (master_ != nullptr) {
-    check(cudaMemcpy(cpu.params.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost),
-          "copy_params_to");
+    KD_CUDA_CHECK(
+        cudaMemcpy(cpu.params.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
     return;
   }
   std::vector<bf16> w16(P_);
-  check(cudaMemcpy(w16.data(), weights_, P_ * sizeof(bf16), cudaMemcpyDeviceToHost),
-        "copy_params_to");
+  KD_CUDA_CHECK(cudaMemcpy(w16.data(), weights_, P_ * sizeof(bf16), cudaMemcpyDeviceToHost));
   for (size_t i = 0; i < P_; ++i) cpu.params[i] = __bfloat162float(w16[i]);
 }
 
 std::vector<float> GPT2Cuda::download_grads() const {
-  if (grads_ == nullptr) throw std::logic_error("GPT2Cuda::download_grads: a teacher has none");
+  KD_REQUIRE(grads_ != nullptr, "GPT2Cuda::download_grads: a teacher has none");
   std::vector<float> out(P_);
-  check(cudaStreamSynchronize(stream_), "download_grads");
-  check(cudaMemcpy(out.data(), grads_, P_ * sizeof(float), cudaMemcpyDeviceToHost),
-        "download_grads");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(out.data(), grads_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
   return out;
 }
 
 std::vector<float> GPT2Cuda::download_master() const {
-  if (master_ == nullptr) throw std::logic_error("GPT2Cuda::download_master: a teacher has none");
+  KD_REQUIRE(master_ != nullptr, "GPT2Cuda::download_master: a teacher has none");
   std::vector<float> out(P_);
-  check(cudaStreamSynchronize(stream_), "download_master");
-  check(cudaMemcpy(out.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost),
-        "download_master");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(out.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
   return out;
 }
 
 std::vector<float> GPT2Cuda::download_logits(int B, int T) const {
-  if (logits_ == nullptr) throw std::logic_error("GPT2Cuda::download_logits: a teacher has none");
+  KD_REQUIRE(logits_ != nullptr, "GPT2Cuda::download_logits: a teacher has none");
   check_shape("GPT2Cuda::download_logits", B, T);
   const size_t n = static_cast<size_t>(B) * T * cfg_.vocab_size;
   std::vector<bf16> h(n);
-  check(cudaStreamSynchronize(stream_), "download_logits");
-  check(cudaMemcpy(h.data(), logits_, n * sizeof(bf16), cudaMemcpyDeviceToHost), "download_logits");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(h.data(), logits_, n * sizeof(bf16), cudaMemcpyDeviceToHost));
   std::vector<float> out(n);
   for (size_t i = 0; i < n; ++i) out[i] = __bfloat162float(h[i]);
   return out;
 }
 
 void GPT2Cuda::download_moments(std::vector<float>& m, std::vector<float>& v) const {
-  if (m_ == nullptr) throw std::logic_error("GPT2Cuda::download_moments: a teacher has none");
+  KD_REQUIRE(m_ != nullptr, "GPT2Cuda::download_moments: a teacher has none");
   m.resize(P_);
   v.resize(P_);
-  check(cudaStreamSynchronize(stream_), "download_moments");
-  check(cudaMemcpy(m.data(), m_, P_ * sizeof(float), cudaMemcpyDeviceToHost), "download_moments");
-  check(cudaMemcpy(v.data(), v_, P_ * sizeof(float), cudaMemcpyDeviceToHost), "download_moments");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(m.data(), m_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  KD_CUDA_CHECK(cudaMemcpy(v.data(), v_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 void GPT2Cuda::upload_moments(const std::vector<float>& m, const std::vector<float>& v) {
-  if (m_ == nullptr) throw std::logic_error("GPT2Cuda::upload_moments: a teacher has none");
-  if (m.size() != P_ || v.size() != P_)
-    throw std::invalid_argument("GPT2Cuda::upload_moments: " + std::to_string(P_) +
-                                " values expected");
-  check(cudaStreamSynchronize(stream_), "upload_moments");
-  check(cudaMemcpy(m_, m.data(), P_ * sizeof(float), cudaMemcpyHostToDevice), "upload_moments");
-  check(cudaMemcpy(v_, v.data(), P_ * sizeof(float), cudaMemcpyHostToDevice), "upload_moments");
+  KD_REQUIRE(m_ != nullptr, "GPT2Cuda::upload_moments: a teacher has none");
+  KD_REQUIRE(m.size() == P_ && v.size() == P_,
+             "GPT2Cuda::upload_moments: " + std::to_string(P_) + " values expected");
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(m_, m.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  KD_CUDA_CHECK(cudaMemcpy(v_, v.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 }  // namespace kd

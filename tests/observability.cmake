@@ -43,7 +43,21 @@ set_tests_properties(tensorboard_run_dir PROPERTIES
   FIXTURES_SETUP kd_tb_run
   FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\];\\[  PASSED  \\] 0 tests")
 
+# The same for a run cut short and resumed twice: TensorBoard must drop the orphaned points.
+set(kd_tb_resume_dir ${CMAKE_CURRENT_BINARY_DIR}/tb_resume_run)
+add_test(NAME tensorboard_resume_run_dir COMMAND test_trace --gtest_filter=Trace.ResumedRunForTensorBoard)
+set_tests_properties(tensorboard_resume_run_dir PROPERTIES
+  LABELS cpu
+  ENVIRONMENT "KD_KEEP_TB_DIR=${kd_tb_resume_dir}"
+  FIXTURES_SETUP kd_tb_resume
+  FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\];\\[  PASSED  \\] 0 tests")
+
 if(kd_python)
+  add_test(NAME tensorboard_resume_python_check
+           COMMAND ${kd_python} ${CMAKE_SOURCE_DIR}/tools/check_tensorboard.py --skip-code 77
+                   --min-event-files 3 ${kd_tb_resume_dir})
+  set_tests_properties(tensorboard_resume_python_check PROPERTIES
+    LABELS cpu SKIP_RETURN_CODE 77 FIXTURES_REQUIRED kd_tb_resume)
   add_test(NAME tensorboard_python_check
            COMMAND ${kd_python} ${CMAKE_SOURCE_DIR}/tools/check_tensorboard.py --skip-code 77 ${kd_tb_run_dir})
   add_test(NAME plot_run_renders
@@ -52,7 +66,7 @@ if(kd_python)
   set_tests_properties(tensorboard_python_check plot_run_renders PROPERTIES
     LABELS cpu SKIP_RETURN_CODE 77 FIXTURES_REQUIRED kd_tb_run)
 else()
-  foreach(t tensorboard_python_check plot_run_renders)
+  foreach(t tensorboard_python_check tensorboard_resume_python_check plot_run_renders)
     add_test(NAME ${t} COMMAND ${CMAKE_COMMAND} -E echo "KD_SKIP: no python found; set KD_PYTHON")
     set_tests_properties(${t} PROPERTIES LABELS cpu SKIP_REGULAR_EXPRESSION "KD_SKIP:")
   endforeach()

@@ -162,15 +162,15 @@ TEST(AdamW, DeterministicAcrossRunsAndThreadCounts) {
   EXPECT_EQ(a.second, d.second);
 }
 
-TEST(AdamW, BadStepIsAnError) {
+TEST(AdamW, BadStepIsAContractError) {
   std::vector<float> p(4, 1.0f), g(4, 1.0f), m(4, 0.0f), v(4, 0.0f);
   const std::vector<ParamSpan> spans = {{0, 4, true}};
   EXPECT_THROW(kd::cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), spans, {}, 0, 1.0f),
-               kd::InputError);
+               kd::ContractError);
   AdamWConfig bad;
   bad.beta2 = 1.0f;
   EXPECT_THROW(kd::cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), spans, bad, 1, 1.0f),
-               kd::InputError);
+               kd::ContractError);
 }
 
 }  // namespace

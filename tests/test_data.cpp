@@ -408,7 +408,7 @@ TEST(Sampler, TooFewTokensIsAClearError) {
       << msg;
   msg = error_of([&] { s.eval_batch(0, 1, 4, x.data(), y.data()); });
   EXPECT_TRUE(contains(msg, "val") && contains(msg, "4 tokens")) << msg;
-  EXPECT_THROW(s.next(0, 4, x.data(), y.data()), kd::InputError);
+  EXPECT_THROW(s.next(0, 4, x.data(), y.data()), kd::ContractError);  // B = 0: a caller's bug
   kd::BatchSampler no_val(iota_tokens(8), {}, 0);
   EXPECT_THROW(no_val.eval_batch_count(1, 2), kd::InputError);
 }

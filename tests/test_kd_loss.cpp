@@ -498,7 +498,8 @@ TEST(KdLoss, EvaluationWithoutGradient) {
   EXPECT_EQ(s.rows, with.sums.rows);
 }
 
-TEST(KdLoss, BadInputIsAnError) {
+// Broken preconditions are the caller's bug (inputs are validated where they are read).
+TEST(KdLoss, BrokenPreconditionIsAContractError) {
   const Problem p = make_problem(3, 16, 16, 71u);
   std::vector<float> g(p.z.size());
   LossSums s;
@@ -508,17 +509,19 @@ TEST(KdLoss, BadInputIsAnError) {
   const LossConfig ok = make_cfg(Divergence::JSD, 1.0f);
   std::vector<int32_t> bad_targets = p.targets;
   bad_targets[2] = p.V;
-  EXPECT_THROW(call(ok, p.Vt, bad_targets), kd::InputError);
-  EXPECT_THROW(call(ok, p.V - 1, p.targets), kd::InputError);
+  EXPECT_NO_THROW(call(ok, p.Vt, p.targets));
+  EXPECT_THROW(call(ok, p.Vt, bad_targets), kd::ContractError);
+  EXPECT_THROW(call(ok, p.V - 1, p.targets), kd::ContractError);
   LossConfig bad = ok;
   bad.temperature = 0.0f;
-  EXPECT_THROW(call(bad, p.Vt, p.targets), kd::InputError);
+  EXPECT_THROW(call(bad, p.Vt, p.targets), kd::ContractError);
   bad = ok;
   bad.beta = 1.5f;
-  EXPECT_THROW(call(bad, p.Vt, p.targets), kd::InputError);
+  EXPECT_THROW(call(bad, p.Vt, p.targets), kd::ContractError);
   try {
     call(ok, p.Vt, bad_targets);
-  } catch (const kd::InputError& e) {
+    ADD_FAILURE() << "no error for a target outside the vocabulary";
+  } catch (const kd::ContractError& e) {
     EXPECT_NE(std::string(e.what()).find("target 16 at row 2"), std::string::npos) << e.what();
   }
 }

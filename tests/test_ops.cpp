@@ -212,10 +212,10 @@ TEST(Encoder, RejectsNegativeToken) {
   std::vector<int32_t> tokens = {0, -1, 1};
   std::vector<float> wte(2 * C, 1.0f), wpe(T * C, 1.0f), out(B * T * C);
   EXPECT_THROW(kd::cpu::encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C),
-               kd::InputError);
+               kd::ContractError);
   EXPECT_THROW(
       kd::cpu::encoder_backward(wte.data(), wpe.data(), out.data(), tokens.data(), B, T, C),
-      kd::InputError);
+      kd::ContractError);
 }
 
 // ---- layernorm
@@ -453,10 +453,10 @@ TEST(Attention, BackwardIsIndependentOfThreadCount) {
 TEST(Attention, RejectsChannelsNotDivisibleByHeads) {
   std::vector<float> qkv(3 * 10, 0.5f), out(10), lse(3);
   EXPECT_THROW(kd::cpu::attention_forward(out.data(), lse.data(), qkv.data(), 1, 1, 10, 3),
-               kd::InputError);
+               kd::ContractError);
   EXPECT_THROW(kd::cpu::attention_backward(qkv.data(), out.data(), qkv.data(), out.data(),
                                            lse.data(), 1, 1, 10, 0),
-               kd::InputError);
+               kd::ContractError);
 }
 
 // ---- gelu

@@ -414,6 +414,37 @@ TEST_F(RecipeTest, UnknownKeySuggestsTheClosest) {
             other + ":12:1: error: unknown key 'lr' in [train]; it belongs in [optim]");
 }
 
+// A near match in the same section comes before a key of the same name elsewhere: `warmup` in
+// [schedule] is most likely warmup_steps, though [profile] has a `warmup`.
+TEST_F(RecipeTest, UnknownKeyPrefersANearMatchInItsOwnSection) {
+  const std::string p = write("r.toml", std::string(kMinimal) + "[schedule]\nwarmup = 25\n");
+  EXPECT_EQ(errors_of(p), p + ":13:1: error: unknown key 'warmup' in [schedule]; did you mean "
+                              "'warmup_steps'? ([profile] has a key 'warmup')");
+  // A misspelling close to a key of the section, with no such key elsewhere.
+  const std::string q = write("q.toml", std::string(kMinimal) + "[schedule]\nwarmup_step = 25\n");
+  EXPECT_EQ(errors_of(q), q + ":13:1: error: unknown key 'warmup_step' in [schedule]; did you mean "
+                              "'warmup_steps'?");
+  // Nothing near in [log]: the other section is named alone.
+  const std::string o = write("o.toml", std::string(kMinimal) + "[log]\nwarmup = 25\n");
+  EXPECT_EQ(errors_of(o),
+            o + ":13:1: error: unknown key 'warmup' in [log]; it belongs in [profile]");
+}
+
+// A value the TOML parser cannot read says what the key expects, with an example, instead of the
+// parser's "could not determine value type".
+TEST_F(RecipeTest, UnparsableOverrideSaysWhatWasExpected) {
+  const std::string p = write("r.toml", kMinimal);
+  EXPECT_EQ(errors_of(p, {"train.max_steps=abc"}),
+            "--set train.max_steps: error: cannot read 'abc' as a TOML value; [train] max_steps "
+            "expects an integer, e.g. --set train.max_steps=100");
+  EXPECT_EQ(errors_of(p, {"loss.t2_scaling=yes"}),
+            "--set loss.t2_scaling: error: cannot read 'yes' as a TOML value; [loss] t2_scaling "
+            "expects true or false, e.g. --set loss.t2_scaling=true");
+  const std::string e = errors_of(p, {"run.name=\"open"});
+  EXPECT_NE(e.find("[run] name expects a string"), std::string::npos) << e;
+  EXPECT_EQ(e.find("could not determine"), std::string::npos) << e;
+}
+
 TEST_F(RecipeTest, UnknownSectionAndTopLevelKey) {
   const std::string p = write("r.toml", std::string(kMinimal) + "[optimizer]\nlr = 1\n");
   EXPECT_EQ(errors_of(p), p + ":12:2: error: unknown section [optimizer]; did you mean [optim]?");
@@ -669,8 +700,9 @@ TEST_F(RecipeTest, BadOverridesNameTheirKey) {
             "--set lr=1: error: malformed override 'lr=1'; expected section.key=value");
   EXPECT_EQ(errors_of(p, {"optim.lr"}),
             "--set optim.lr: error: malformed override 'optim.lr'; expected section.key=value");
-  const std::string e = errors_of(p, {"optim.lr=fast"});
-  EXPECT_EQ(e.rfind("--set optim.lr: error: cannot parse the value 'fast': ", 0), 0u) << e;
+  EXPECT_EQ(errors_of(p, {"optim.lr=fast"}),
+            "--set optim.lr: error: cannot read 'fast' as a TOML value; [optim] lr expects a "
+            "number, e.g. --set optim.lr=0.001");
   EXPECT_EQ(errors_of(p, {"optim.lr=-1"}), "--set optim.lr: error: [optim] lr must be > 0, got -1");
   EXPECT_EQ(errors_of(p, {"train.max_steps=\"9\""}),
             "--set train.max_steps: error: [train] max_steps: expected an integer, got a string");
@@ -680,7 +712,8 @@ TEST_F(RecipeTest, BadOverridesNameTheirKey) {
   ASSERT_EQ(ordered.size(), 3u);
   EXPECT_EQ(ordered[0], "--set log.every: error: [log] every must be >= 1, got 0");
   EXPECT_EQ(ordered[1], "--set x.y: error: unknown section [x]");
-  EXPECT_EQ(ordered[2].rfind("--set optim.lr: error: cannot parse the value '1 2': ", 0), 0u);
+  EXPECT_EQ(ordered[2].rfind("--set optim.lr: error: cannot read '1 2' as a TOML value", 0), 0u)
+      << ordered[2];
   // File errors come first, then the overrides' in the order given.
   const std::string q = write("q.toml", std::string(kMinimal) + "bogus = 1\n");
   EXPECT_EQ(errors_of(q, {"run.device=tpu", "log.every=0"}),
@@ -737,13 +770,52 @@ TEST_F(RecipeTest, DiffListsChangedKeys) {
                                 "loss.ce_weight: 1.0 -> 0.5", "loss.kd_weight: 0.0 -> 0.5"}));
 }
 
+// [student] teacher_layers: an array of layer indices, one per student layer, with a teacher.
+TEST_F(RecipeTest, TeacherLayers) {
+  const std::string teacher = "[teacher]\ncheckpoint = \"teacher_ckpt\"\n";
+  const std::string p = write("r.toml", std::string(kMinimal) + teacher);
+  const kd::Recipe r = kd::load_recipe(p, {"student.teacher_layers=[0, 3]"});
+  EXPECT_EQ(r.student.teacher_layers, (std::vector<int>{0, 3}));
+  EXPECT_NE(kd::recipe_to_toml(r).find("teacher_layers = [0, 3]"), std::string::npos);
+  EXPECT_EQ(kd::load_recipe(write("rt.toml", kd::recipe_to_toml(r))), r);
+  EXPECT_EQ(errors_of(p, {"student.teacher_layers=[1]"}),
+            "--set student.teacher_layers: error: [student] teacher_layers lists 1 layer but "
+            "n_layer = 2; give one teacher layer per student layer");
+  EXPECT_EQ(errors_of(p, {"student.teacher_layers=[0, -1]"}),
+            "--set student.teacher_layers: error: [student] teacher_layers: every entry must be "
+            ">= 0, got -1");
+  EXPECT_EQ(errors_of(p, {"student.teacher_layers=\"every_other\""}),
+            "--set student.teacher_layers: error: [student] teacher_layers: expected an array of "
+            "integers, got a string");
+  const std::string q = write("q.toml", std::string(kMinimal));
+  EXPECT_EQ(errors_of(q, {"student.teacher_layers=[0, 1]"}),
+            "--set student.teacher_layers: error: [student] teacher_layers copies layers of the "
+            "teacher, but there is no [teacher] section");
+}
+
+// checkpoint.resume and run.overwrite say how a run starts, not what it computes: a resume that
+// only switches resume on reports no change of the run.
+TEST_F(RecipeTest, DiffLeavesOutResumeAndOverwrite) {
+  const std::string p = write("r.toml", kMinimal);
+  const kd::Recipe a = kd::load_recipe(p);
+  EXPECT_TRUE(kd::recipe_diff(a, kd::load_recipe(p, {"checkpoint.resume=true"})).empty());
+  EXPECT_TRUE(kd::recipe_diff(a, kd::load_recipe(p, {"run.overwrite=true"})).empty());
+  EXPECT_EQ(
+      kd::recipe_diff(a, kd::load_recipe(p, {"checkpoint.resume=true", "train.max_steps=11"})),
+      std::vector<std::string>{"train.max_steps: 10 -> 11"});
+  // Both at once is a contradiction, named at overwrite.
+  EXPECT_EQ(errors_of(p, {"checkpoint.resume=true", "run.overwrite=true"}),
+            "--set run.overwrite: error: [run] overwrite = true deletes the previous run that "
+            "[checkpoint] resume = true would continue; set only one of them");
+}
+
 // The shipped recipes load once the files they name exist. A distillation recipe's teacher is
 // another run's output: point it at a stand-in checkpoint.
 TEST_F(RecipeTest, ShippedRecipesLoad) {
-  const fs::path shared(KD_SHARED_DATA);
-  if (!fs::exists(shared / "tinyshakespeare/input.txt") ||
-      !fs::exists(shared / "gpt2-bpe/encoder.json"))
-    GTEST_SKIP() << "the shared corpora are not present";
+  const fs::path data = fs::path(KD_SOURCE_DIR) / "data";  // where tools/get_data.sh puts them
+  if (!fs::exists(data / "tinyshakespeare/input.txt") ||
+      !fs::exists(data / "gpt2-bpe/encoder.json"))
+    GTEST_SKIP() << "no corpora in " << data << "; run tools/get_data.sh";
   const std::string recipes = std::string(KD_SOURCE_DIR) + "/recipes/";
   const std::string stand_in = "teacher.checkpoint=" + abs("teacher_ckpt");
   const kd::Recipe t = kd::load_recipe(recipes + "tinyshakespeare_teacher.toml");
@@ -760,6 +832,10 @@ TEST_F(RecipeTest, ShippedRecipesLoad) {
   EXPECT_EQ(gk.student.n_layer, 6);
   EXPECT_EQ(gk.student.n_embd, 384);
   EXPECT_EQ(gk.data.encoder, g.data.encoder);
+  // They read data/ in the repository, nothing outside it.
+  EXPECT_EQ(t.data.train, (data / "tinyshakespeare/input.txt").lexically_normal().string());
+  EXPECT_EQ(g.data.encoder, (data / "gpt2-bpe/encoder.json").lexically_normal().string());
+  EXPECT_EQ(g.data.vocab_bpe, (data / "gpt2-bpe/vocab.bpe").lexically_normal().string());
   // Each distillation recipe's teacher is its teacher recipe's out_dir/final: either it loads as
   // is (the teacher was trained) or that path is the one complaint.
   for (const auto& [kd_name, teacher] :

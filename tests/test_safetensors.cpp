@@ -87,13 +87,14 @@ void expect_same_value(float got, double want, const std::string& what) {
   }
 }
 
-// Expects InputError whose message names the path and contains problem.
-template <class F>
-void expect_input_error(F&& f, const std::string& path, const std::string& problem) {
+// Expects an Error (InputError for a bad file, ContractError for bad writer arguments) whose
+// message names the path and contains problem.
+template <class Error = kd::InputError, class F>
+void expect_error(F&& f, const std::string& path, const std::string& problem) {
   try {
     f();
     ADD_FAILURE() << "no error; expected: " << problem;
-  } catch (const kd::InputError& e) {
+  } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     EXPECT_NE(msg.find(problem), std::string::npos) << msg << "\n  expected: " << problem;
@@ -142,7 +143,7 @@ TEST(Safetensors, RoundTripIsBitwise) {
       EXPECT_EQ(std::memcmp(got.data(), tensors[i].data, got.size() * 4), 0);
     }
   }
-  expect_input_error([&] { f.read_f32("nope"); }, path, "no tensor \"nope\"");
+  expect_error([&] { f.read_f32("nope"); }, path, "no tensor \"nope\"");
 }
 
 TEST(Safetensors, WrittenLayoutFollowsTheFormat) {
@@ -239,7 +240,7 @@ TEST(Safetensors, MalformedFilesAreRejectedWithTheirProblem) {
   const std::string path = dir.file("bad.safetensors");
   auto expect_bad = [&](const std::string& bytes, const std::string& problem) {
     write_bytes(path, bytes);
-    expect_input_error([&] { kd::SafetensorsFile f(path); }, path, problem);
+    expect_error([&] { kd::SafetensorsFile f(path); }, path, problem);
   };
   const std::string data8(8, '\x11');
   auto one = [](const std::string& body) { return "{\"t\":{" + body + "}}"; };
@@ -297,11 +298,11 @@ TEST(Safetensors, MalformedFilesAreRejectedWithTheirProblem) {
   write_bytes(path,
               make_file(one("\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]"), data8));
   kd::SafetensorsFile f(path);
-  expect_input_error([&] { f.read_f32("t"); }, path, "has dtype I64; only F32, F16 and BF16");
+  expect_error([&] { f.read_f32("t"); }, path, "has dtype I64; only F32, F16 and BF16");
 
   const std::string missing = dir.file("missing.safetensors");
-  expect_input_error([&] { kd::SafetensorsFile g(missing); }, missing, "cannot open");
-  expect_input_error([&] { kd::SafetensorsFile g(dir.path.string()); }, dir.path.string(), "");
+  expect_error([&] { kd::SafetensorsFile g(missing); }, missing, "cannot open");
+  expect_error([&] { kd::SafetensorsFile g(dir.path.string()); }, dir.path.string(), "");
 }
 
 // A valid file cut at every length: every cut is reported (the tensors must tile the data), never a
@@ -318,11 +319,11 @@ TEST(Safetensors, EveryTruncationIsAnError) {
   const std::string cut = dir.file("cut.safetensors");
   for (size_t n = 0; n < bytes.size(); ++n) {
     write_bytes(cut, bytes.substr(0, n));
-    expect_input_error([&] { kd::SafetensorsFile f(cut); }, cut, "");
+    expect_error([&] { kd::SafetensorsFile f(cut); }, cut, "");
   }
   // Bytes appended after the data are reported too.
   write_bytes(cut, bytes + "junk");
-  expect_input_error([&] { kd::SafetensorsFile f(cut); }, cut, "the tensors cover");
+  expect_error([&] { kd::SafetensorsFile f(cut); }, cut, "the tensors cover");
 }
 
 // Random corruption of the length and header bytes: the reader either accepts a still-valid file or
@@ -372,11 +373,16 @@ TEST(Safetensors, WriterRejectsBadArgumentsAndReportsWriteFailures) {
   float x[2] = {1.5f, -2.5f};
   const std::string path = dir.file("w.safetensors");
   std::vector<kd::TensorView> dup = {{"a", {2}, x}, {"a", {2}, x}};
-  expect_input_error([&] { kd::write_safetensors(path, dup); }, path, "\"a\" is given twice");
+  // Bad arguments are the caller's bug, not bad input.
+  using kd::ContractError;
+  expect_error<ContractError>([&] { kd::write_safetensors(path, dup); }, path,
+                              "\"a\" is given twice");
   std::vector<kd::TensorView> neg = {{"a", {-2}, x}};
-  expect_input_error([&] { kd::write_safetensors(path, neg); }, path, "negative dimension");
+  expect_error<ContractError>([&] { kd::write_safetensors(path, neg); }, path,
+                              "negative dimension");
   std::vector<kd::TensorView> meta = {{"__metadata__", {2}, x}};
-  expect_input_error([&] { kd::write_safetensors(path, meta); }, path, "invalid tensor name");
+  expect_error<ContractError>([&] { kd::write_safetensors(path, meta); }, path,
+                              "invalid tensor name");
 
   std::vector<kd::TensorView> ok = {{"a", {2}, x}};
   const std::string no_dir = dir.file("no/such/dir/w.safetensors");

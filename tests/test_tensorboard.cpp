@@ -65,6 +65,7 @@ struct Event {
   double wall_time = 0;
   int64_t step = 0;
   std::string file_version;
+  int session_status = -1;  // SessionLog.status when the event has a session_log, else -1
   std::vector<Value> values;
 };
 
@@ -133,6 +134,16 @@ Event decode_event(const std::string& data) {
         while (!q.done()) {
           if (q.varint() != ((1 << 3) | 2)) throw std::runtime_error("unexpected Summary field");
           e.values.push_back(decode_value(q.bytes()));
+        }
+        break;
+      }
+      case (7 << 3) | 2: {  // session_log
+        const std::string log = p.bytes();
+        Proto q{log};
+        e.session_status = 0;
+        while (!q.done()) {
+          if (q.varint() != ((1 << 3) | 0)) throw std::runtime_error("unexpected SessionLog field");
+          e.session_status = static_cast<int>(q.varint());
         }
         break;
       }
@@ -214,6 +225,20 @@ TEST(TensorBoard, ScalarRecordGolden) {
             "c9d07b8d");
 }
 
+// The bytes TensorBoard's own protobuf classes and record writer produce for
+// Event{wall_time=1.5, step=7, session_log{status=START}}.
+TEST(TensorBoard, SessionStartRecordGolden) {
+  const std::string rec = kd::tb::frame_record(kd::tb::encode_session_start_event(1.5, 7));
+  EXPECT_EQ(to_hex(rec),
+            "0f000000000000006d532b09"
+            "09000000000000f83f10073a020801"
+            "774771c7");
+  const Event e = decode_event(from_hex("09000000000000f83f10073a020801"));
+  EXPECT_EQ(e.step, 7);
+  EXPECT_EQ(e.session_status, 1);  // START
+  EXPECT_TRUE(e.values.empty());
+}
+
 TEST(TensorBoard, GoldenRecordsDecode) {
   // The reader itself against the golden bytes, so that it is checked independently of the writer.
   const std::string data = from_hex("09000000000000f83f10072a0d0a0b0a046c6f7373150000803e");
@@ -280,6 +305,35 @@ TEST(TensorBoard, TwoWritersGetDistinctFiles) {
     EXPECT_NE(a.path(), b.path());
   }
   EXPECT_EQ(event_files(dir).size(), 2u);
+  fs::remove_all(dir);
+}
+
+// TensorBoard reads a folder's event files in name order; a restart's file must come after the
+// run it cuts short even when that run's file carries a later time (same second, clock set back).
+TEST(TensorBoard, NewFileSortsAfterExistingOnesAndRecordsTheRestart) {
+  const fs::path dir = fresh_temp_dir("kd_tb_order");
+  const long long later = static_cast<long long>(kd::unix_time_now()) + 100;
+  const std::string old_name =
+      "events.out.tfevents." + std::to_string(later) + ".zzzz-host.99999.7";
+  std::ofstream(dir / old_name) << "";
+  std::string path;
+  {
+    kd::TensorBoardWriter w(dir.string());
+    w.restart(13);
+    w.scalar("train/loss", 13, 2.5f, 10.0);
+    w.flush();
+    path = w.path();
+  }
+  const std::string name = fs::path(path).filename().string();
+  EXPECT_GT(name, old_name);
+  EXPECT_EQ(name.substr(0, 31), "events.out.tfevents." + std::to_string(later + 1) + ".") << name;
+  const std::vector<Event> ev = read_event_file(path);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[0].file_version, "brain.Event:2");
+  EXPECT_EQ(ev[1].step, 13);
+  EXPECT_EQ(ev[1].session_status, 1);
+  EXPECT_TRUE(ev[1].values.empty());
+  EXPECT_EQ(ev[2].values.at(0).simple_value, 2.5f);
   fs::remove_all(dir);
 }
 

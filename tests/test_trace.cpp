@@ -13,9 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/base/json.h"
 #include "engine/base/profiler.h"
-#include "engine/io/recipe.h"
 #include "engine/base/trace.h"
+#include "engine/io/recipe.h"
 #include "engine/train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -95,6 +96,76 @@ std::vector<std::string> split_tabs(const std::string& line) {
   while (std::getline(ss, f, '\t')) out.push_back(f);
   if (!line.empty() && line.back() == '\t') out.emplace_back();
   return out;
+}
+
+// Leaves in $KD_KEEP_TB_DIR a run that was cut short twice and resumed each time, for ctest's
+// tensorboard_resume_python_check: three event files, and log.jsonl holding each step once.
+// Run 1 trains 12 steps (checkpoints at 4, 8, 12); the checkpoints past step 4 are then deleted, as
+// if it had been killed right after step 12's log but with only step 4 saved, and the run resumes
+// from step 4 with another learning rate (so its points differ from the orphaned ones); then
+// again from step 8 with a third. TensorBoard must show the last values of every step, once.
+TEST(Trace, ResumedRunForTensorBoard) {
+  const char* keep = std::getenv("KD_KEEP_TB_DIR");
+  if (!keep || !*keep)
+    GTEST_SKIP() << "set KD_KEEP_TB_DIR (ctest's tensorboard_resume_run_dir does)";
+  const fs::path dir = fs::temp_directory_path() / ("kd_tb_resume." + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string text;
+  for (int i = 0; text.size() < 20000; ++i)
+    text += "to be or not to be " + std::to_string(i % 7) + "\n";
+  std::ofstream(dir / "corpus.txt") << text;
+  fs::remove_all(keep);
+  const std::string recipe =
+      tiny_recipe(dir, "tb", 1, 12, "[checkpoint]\nevery = 4\nkeep_last = 5\n");
+  const fs::path out(keep);
+  auto train = [&](std::vector<std::string> sets) {
+    sets.push_back("run.out_dir=\"" + out.string() + "\"");
+    sets.push_back("train.eval_every=3");
+    sets.push_back("log.tensorboard=true");
+    std::ostringstream sink;
+    kd::train(kd::load_recipe(recipe, sets), sink);
+    return sink.str();
+  };
+  train({"optim.lr=1e-3"});
+  fs::remove_all(out / "step_000008");
+  fs::remove_all(out / "step_000012");
+  EXPECT_NE(train({"optim.lr=2e-3", "checkpoint.resume=true"}).find("at step 4"),
+            std::string::npos);
+  fs::remove_all(out / "step_000012");
+  EXPECT_NE(train({"optim.lr=3e-3", "checkpoint.resume=true"}).find("at step 8"),
+            std::string::npos);
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(out / "tb")) files += e.is_regular_file();
+  EXPECT_EQ(files, 3u);
+  std::ifstream log(out / "log.jsonl");
+  std::string line;
+  int train_records = 0;
+  while (std::getline(log, line)) train_records += line.find("\"loss\"") != std::string::npos;
+  EXPECT_EQ(train_records, 12);
+  fs::remove_all(dir);
+}
+
+// The profiler numbers steps as the log does, from 1: with wait = 1 and warmup = 1 the active
+// window of 2 steps is the log's steps 3 and 4.
+TEST(Trace, ProfilerCountsStepsFromOneLikeTheLog) {
+  const fs::path dir = fs::temp_directory_path() / ("kd_prof_steps." + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string text;
+  for (int i = 0; text.size() < 20000; ++i)
+    text += "all the world's a stage " + std::to_string(i % 3) + "\n";
+  std::ofstream(dir / "corpus.txt") << text;
+  std::ostringstream out;
+  kd::train(kd::load_recipe(tiny_recipe(
+                dir, "p", 1, 5, "[profile]\nenabled = true\nwait = 1\nwarmup = 1\nactive = 2\n")),
+            out);
+  std::ifstream f(dir / "p" / "profile.json");
+  const std::string pj((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const kd::Json j = kd::Json::parse(pj);
+  EXPECT_EQ(j.at("first_step").as_int(), 3) << pj.substr(0, 300);
+  EXPECT_EQ(j.at("last_step").as_int(), 4);
+  fs::remove_all(dir);
 }
 
 }  // namespace
@@ -238,7 +309,7 @@ TEST(NvtxInjection, RangesInKdengineDomain) {
   std::set<std::string> want_layers, want_steps;
   for (int l = 0; l < std::max(kStudentLayers, kTeacherLayers); ++l)
     want_layers.insert(std::to_string(l));
-  for (int s = 0; s <= kSteps; ++s) want_steps.insert(std::to_string(s));  // 0-based step index
+  for (int s = 1; s <= kSteps + 1; ++s) want_steps.insert(std::to_string(s));  // from 1, as the log
   EXPECT_EQ(payloads["layer"], want_layers);
   EXPECT_EQ(payloads["step"], want_steps);
   EXPECT_EQ(payloads["attention_forward"], std::set<std::string>{"-"});  // KD_OP: no payload

@@ -15,6 +15,7 @@
 #include "engine/base/rng.h"
 #include "engine/io/recipe.h"
 #include "engine/io/tokenizer.h"
+#include "engine/train/student_init.h"
 #include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_tokenizer.h"
@@ -113,6 +114,8 @@ TEST_F(TrainerTest, TwentyStepsEqualTenPlusResumePlusTen) {
   EXPECT_NE(resumed_out.str().find("at step 10"), std::string::npos) << resumed_out.str();
   EXPECT_NE(resumed_out.str().find("checkpoint.keep_last: 3 -> 4"), std::string::npos)
       << resumed_out.str();
+  // Switching resume on is how the run continues, not a change of the run.
+  EXPECT_EQ(resumed_out.str().find("checkpoint.resume"), std::string::npos) << resumed_out.str();
 
   kd::GPT2 x = kd::load_model((dir_ / "straight" / "step_000020").string());
   kd::GPT2 y = kd::load_model((dir_ / "resumed" / "step_000020").string());
@@ -333,6 +336,149 @@ TEST_F(TrainerTest, FullDiskNeverDamagesTheLastCheckpoint) {
   EXPECT_GT(m.params.size(), 0u);
   for (const auto& e : fs::directory_iterator(mnt / "run"))
     EXPECT_NE(e.path().filename().string().rfind(".tmp", 0), 0u) << "left behind: " << e.path();
+}
+
+// A logged training record holds the means over its logging window, not the last step's values:
+// with [log] every = 5 the record at step 5 equals the mean of the five records [log] every = 1
+// writes for steps 1..5 (every step has the same number of supervised tokens). A run without a
+// teacher logs no kd, kl or teacher_entropy at all.
+TEST_F(TrainerTest, LoggedLossIsTheMeanOverTheLoggingWindow) {
+  std::ostringstream sink;
+  kd::train(kd::load_recipe(write_recipe("teacher", student(2, 32), 6).string()), sink);
+  const std::string teacher = "[teacher]\ncheckpoint = \"" + (dir_ / "teacher" / "final").string() +
+                              "\"\n\n[loss]\ntemperature = 2.0\n\n";
+  kd::train(kd::load_recipe(write_recipe("every1", student(1, 32) + teacher, 10).string()), sink);
+  kd::train(kd::load_recipe(write_recipe("every5", student(1, 32) + teacher, 10).string(),
+                            {"log.every=5"}),
+            sink);
+  auto train_records = [](const fs::path& run) {
+    std::vector<kd::Json> out;
+    std::ifstream f(run / "log.jsonl");
+    for (std::string line; std::getline(f, line);) {
+      kd::Json j = kd::Json::parse(line);
+      if (j.find("loss")) out.push_back(j);
+    }
+    return out;
+  };
+  const auto one = train_records(dir_ / "every1"), five = train_records(dir_ / "every5");
+  ASSERT_EQ(one.size(), 10u);
+  ASSERT_EQ(five.size(), 2u);
+  for (int w = 0; w < 2; ++w) {
+    const kd::Json& rec = five[w];
+    EXPECT_EQ(rec.at("step").as_int(), 5 * (w + 1));
+    for (const char* key : {"loss", "ce", "kd", "kl", "teacher_entropy", "student_entropy"}) {
+      double mean = 0;
+      for (int i = 0; i < 5; ++i) mean += one[5 * w + i].at(key).as_number() / 5;
+      EXPECT_NEAR(rec.at(key).as_number(), mean, 1e-9 * std::max(1.0, std::fabs(mean)))
+          << key << " at step " << 5 * (w + 1);
+    }
+    // The last step's lr and gradient norm, not means.
+    EXPECT_EQ(rec.at("lr").as_number(), one[5 * w + 4].at("lr").as_number());
+    EXPECT_EQ(rec.at("grad_norm").as_number(), one[5 * w + 4].at("grad_norm").as_number());
+  }
+  // The steps within a window differ, so a mean is not the last value.
+  EXPECT_NE(five[0].at("ce").as_number(), one[4].at("ce").as_number());
+  // No teacher: no KD terms logged.
+  for (const kd::Json& rec : train_records(dir_ / "teacher")) {
+    EXPECT_TRUE(rec.find("ce") && rec.find("student_entropy"));
+    for (const char* key : {"kd", "kl", "teacher_entropy"})
+      EXPECT_EQ(rec.find(key), nullptr) << key << " logged without a teacher";
+  }
+}
+
+// [student] teacher_layers: the student's layer i is the teacher's layer layers[i], embeddings and
+// the final layernorm are the teacher's; checked tensor by tensor, and a student given every layer
+// of the teacher computes the teacher's logits bit for bit.
+TEST(StudentInit, CopiesTheChosenTeacherLayers) {
+  kd::GPT2Config tc;
+  tc.n_layer = 4;
+  tc.n_head = 2;
+  tc.n_embd = 32;
+  tc.block_size = 32;
+  tc.vocab_size = 260;  // padded beyond the student's 256
+  kd::GPT2 teacher(tc);
+  teacher.init_random(11);
+  kd::GPT2Config sc = tc;
+  sc.n_layer = 2;
+  sc.vocab_size = 256;
+  sc.block_size = 16;
+  kd::GPT2 student(sc);
+  student.init_random(12);
+  kd::init_from_teacher_layers(student, teacher, {0, 2}, "t");
+  auto tensor = [](const kd::GPT2& m, const std::string& name) {
+    for (const auto& p : m.table())
+      if (p.name == name)
+        return std::vector<float>(m.params.begin() + p.offset,
+                                  m.params.begin() + p.offset + p.numel);
+    ADD_FAILURE() << "no " << name;
+    return std::vector<float>();
+  };
+  int compared = 0;
+  for (const auto& p : student.table()) {
+    std::string tname = p.name;
+    if (tname.rfind("h.0.", 0) == 0) tname = "h.0." + tname.substr(4);
+    if (tname.rfind("h.1.", 0) == 0) tname = "h.2." + tname.substr(4);
+    std::vector<float> want = tensor(teacher, tname);
+    want.resize(p.numel);  // wte, wpe: the first rows
+    EXPECT_EQ(tensor(student, p.name), want) << p.name << " <- " << tname;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 4 + 12 * 2);
+
+  // Every layer in order: the teacher itself (on the student's vocabulary and block size).
+  kd::GPT2Config fc = tc;
+  fc.vocab_size = 256;
+  kd::GPT2 full(fc);
+  kd::init_from_teacher_layers(full, teacher, {0, 1, 2, 3}, "t");
+  kd::Rng rng(5);
+  std::vector<int32_t> tokens(2 * 32);
+  for (auto& t : tokens) t = int32_t(rng.below(256));
+  std::vector<float> a(size_t(2) * 32 * 256), b(size_t(2) * 32 * 260);
+  full.forward_inference(a.data(), tokens.data(), 2, 32);
+  teacher.forward_inference(b.data(), tokens.data(), 2, 32);
+  for (size_t row = 0; row < 64; ++row)
+    for (size_t v = 0; v < 256; ++v)
+      ASSERT_EQ(a[row * 256 + v], b[row * 260 + v]) << row << " " << v;
+
+  // What does not fit is an InputError naming the key.
+  auto error_of = [&](kd::GPT2& s, std::vector<int> layers) {
+    try {
+      kd::init_from_teacher_layers(s, teacher, layers, "teacher_dir");
+    } catch (const kd::InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of(student, {0, 4})
+                .find("[student] teacher_layers: teacher teacher_dir has layers "
+                      "0..3; there is no layer 4"),
+            std::string::npos);
+  kd::GPT2Config nc = sc;
+  nc.n_embd = 64;
+  kd::GPT2 narrow(nc);
+  EXPECT_NE(error_of(narrow, {0, 2}).find("must have the same"), std::string::npos);
+}
+
+// In a recipe: a distillation run starts from the teacher's layers; a layer the teacher does not
+// have is a bad-input error before training.
+TEST_F(TrainerTest, TeacherLayersInARecipe) {
+  std::ostringstream sink;
+  kd::train(kd::load_recipe(write_recipe("teacher", student(2, 32), 3).string()), sink);
+  const std::string teacher =
+      "[teacher]\ncheckpoint = \"" + (dir_ / "teacher" / "final").string() + "\"\n\n";
+  const std::string s1 = "[student]\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\n";
+  kd::TrainSummary r = kd::train(
+      kd::load_recipe(write_recipe("from1", s1 + "teacher_layers = [1]\n\n" + teacher, 3).string()),
+      sink);
+  EXPECT_EQ(r.steps_done, 3);
+  try {
+    kd::train(kd::load_recipe(
+                  write_recipe("from5", s1 + "teacher_layers = [5]\n\n" + teacher, 3).string()),
+              sink);
+    FAIL() << "expected an InputError";
+  } catch (const kd::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("there is no layer 5"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Check that a run's TensorBoard scalars match its JSON-lines log.
 
-    check_tensorboard.py RUN_DIR [--skip-code N]
+    check_tensorboard.py RUN_DIR [--skip-code N] [--min-event-files N]
 
 RUN_DIR holds log.jsonl (one JSON object per line, each with an integer "step") and the
 events.out.tfevents.* file(s) the trainer wrote, in RUN_DIR/tb (the trainer's layout) or in RUN_DIR
 itself. Every key of a log record that has a tag in TAGS
 must appear as that TensorBoard scalar at the record's step with the same value (as float32), in
-the same order, and TensorBoard must hold no other values for those tags.
+the same order, and TensorBoard must hold no other values for those tags. A resumed run has
+several event files and log.jsonl keeps each step once: the check then shows that TensorBoard
+discards the points the interrupted runs logged past their checkpoints (--min-event-files makes
+sure there are that many files to read).
 
 The events are read with TensorBoard's own EventAccumulator, so this also checks that the files
 are readable by TensorBoard. Exit status: 0 match, 1 mismatch, 2 bad input; with --skip-code N,
@@ -77,6 +80,8 @@ def main():
     ap.add_argument("run_dir")
     ap.add_argument("--skip-code", type=int, default=None,
                     help="exit with this code when tensorboard is not installed")
+    ap.add_argument("--min-event-files", type=int, default=1,
+                    help="fail unless the run has at least this many event files")
     args = ap.parse_args()
 
     try:
@@ -99,6 +104,11 @@ def main():
         print(f"check_tensorboard: no events.out.tfevents.* file in {args.run_dir} or its tb/",
               file=sys.stderr)
         return 2
+    n_files = sum(n.startswith("events.out.tfevents.") for n in os.listdir(events_dir))
+    if n_files < args.min_event_files:
+        print(f"check_tensorboard: {events_dir}: {n_files} event file(s), expected at least "
+              f"{args.min_event_files}", file=sys.stderr)
+        return 1
     try:
         want = expected_scalars(log_path)
     except ValueError as e:
@@ -130,7 +140,8 @@ def main():
         for e in errors:
             print("  " + e, file=sys.stderr)
         return 1
-    print(f"check_tensorboard: {args.run_dir}: {n} scalars in {len(want)} tags match log.jsonl")
+    print(f"check_tensorboard: {args.run_dir}: {n} scalars in {len(want)} tags match log.jsonl "
+          f"({n_files} event file(s))")
     return 0
 
 

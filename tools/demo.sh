@@ -21,7 +21,7 @@ start=$(date +%s)
 for part in teacher kd ce; do
   t0=$(date +%s)
   echo "== demo_$part =="
-  "$BUILD/kdengine" train "recipes/demo_$part.toml" "$@"
+  "$BUILD/kdengine" train "recipes/demo_$part.toml" --overwrite "$@"  # a rerun starts over
   echo "$(( $(date +%s) - t0 ))" > "runs/demo/$part/wall_seconds"
 done
 python3 tools/demo_table.py runs/demo "$(( $(date +%s) - start ))"

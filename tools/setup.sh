@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(cmake g++ make libtomlplusplus-dev libgtest-dev libgmock-dev libbenchmark-dev
+          libopenmpi-dev openmpi-bin
           libopenblas-dev fortunes fortunes-min python3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do

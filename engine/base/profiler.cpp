@@ -20,7 +20,7 @@ namespace kd {
 const char* phase_name(Phase p) {
   static constexpr const char* kNames[kNumPhases] = {
       "step",      "data", "teacher_forward", "student_forward", "loss", "student_backward",
-      "optimizer", "eval", "checkpoint",      "layer",           "op"};
+      "optimizer", "eval", "checkpoint",      "layer",           "op",   "comm"};
   const auto i = static_cast<size_t>(p);
   return i < kNumPhases ? kNames[i] : "unknown";
 }

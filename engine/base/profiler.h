@@ -51,10 +51,11 @@ enum class Phase : uint8_t {
   Checkpoint,
   Layer,
   Op,
+  Comm,  // data-parallel collectives (engine/train/comm.cpp)
 };
-inline constexpr int kNumPhases = 11;
+inline constexpr int kNumPhases = 12;
 // "step", "data", "teacher_forward", "student_forward", "loss", "student_backward", "optimizer",
-// "eval", "checkpoint", "layer", "op".
+// "eval", "checkpoint", "layer", "op", "comm".
 const char* phase_name(Phase p);
 
 // Memory categories of the report.
@@ -186,7 +187,8 @@ const Report* last_report();
 std::string format_table(const Report& r);
 Json report_json(const Report& r);
 
-// ---- Used by engine/base/trace.h -------------------------------------------------------------------
+// ---- Used by engine/base/trace.h
+// -------------------------------------------------------------------
 namespace detail {
 extern std::atomic<bool> g_recording;
 uint32_t register_site(const char* name, Phase phase);

@@ -1,9 +1,9 @@
 // Named ranges: one macro opens an NVTX range (seen by Nsight Systems and any NVTX tool) and feeds
 // the built-in profiler (engine/base/profiler.h).
 //
-//   KD_RANGE("attention_fwd");                          // phase Op, no payload
+//   KD_RANGE("attention_forward");                      // phase Op, no payload
 //   KD_RANGE_P("layer", kd::Phase::Layer, l);           // phase and int64 payload
-//   KD_OP("matmul_fwd", 2.0 * M * N * K, bytes);        // phase Op plus work for GFLOP/s, GB/s
+//   KD_OP("matmul_forward", 2.0 * M * N * K, bytes);    // phase Op plus work for GFLOP/s, GB/s
 //
 // Each macro declares a scope object: the range ends when the enclosing block does.
 //

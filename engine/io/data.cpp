@@ -53,10 +53,8 @@ std::string hex64(uint64_t v) {
 }
 
 void check_window(size_t have, int B, int T, const char* split) {
-  if (B <= 0 || T <= 0) {
-    throw InputError("batch size and block size must be positive, got B=" + std::to_string(B) +
-                     " T=" + std::to_string(T));
-  }
+  KD_REQUIRE(B > 0 && T > 0, "batch size and block size must be positive, got B=" +
+                                 std::to_string(B) + " T=" + std::to_string(T));
   if (have < static_cast<size_t>(T) + 1) {
     throw InputError(std::string("the ") + split + " split has " + std::to_string(have) +
                      " tokens, fewer than one window of T+1 = " + std::to_string(T + 1) +

@@ -57,7 +57,7 @@ class BatchSampler {
 
   // B windows, each at a uniformly random start in [0, train.size() - T - 1]:
   // inputs[b*T + t] = train[s_b + t], targets[b*T + t] = train[s_b + t + 1]. Throws InputError when
-  // the train split is shorter than T+1 tokens.
+  // the train split is shorter than T+1 tokens (and ContractError for B or T below 1).
   void next(int B, int T, int32_t* inputs, int32_t* targets);
 
   // The val stream is cut into W = floor((val.size() - 1) / T) back-to-back windows; batch `index`

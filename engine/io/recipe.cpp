@@ -121,6 +121,7 @@ class Reader {
   bool get(const char* sec, const char* key, double& out);
   bool get(const char* sec, const char* key, bool& out);
   bool get(const char* sec, const char* key, std::string& out);
+  bool get(const char* sec, const char* key, std::vector<int>& out);
 
   enum class Want { FileOrDir, File, Checkpoint };
   void check_exists(const char* sec, const char* key, const std::string& path, Want want);
@@ -232,6 +233,38 @@ bool Reader::get(const char* sec, const char* key, std::string& out) {
     return false;
   }
   out = n->as_string()->get();
+  return true;
+}
+
+bool Reader::get(const char* sec, const char* key, std::vector<int>& out) {
+  const toml::node* n = node(sec, key);
+  if (!n) return false;
+  const toml::array* a = n->as_array();
+  bool ok = a != nullptr;
+  if (a)
+    for (const toml::node& e : *a) ok = ok && e.is_integer();
+  if (!ok) {
+    type_error(sec, key, "an array of integers", *n);
+    return false;
+  }
+  if (a->empty()) {
+    error(sec, key,
+          "[" + std::string(sec) + "] " + key +
+              " is empty; list the teacher's layers to copy, or remove it");
+    return false;
+  }
+  std::vector<int> values;
+  for (const toml::node& e : *a) {
+    const int64_t v = e.as_integer()->get();
+    if (v < 0 || v > INT_MAX) {
+      error(sec, key,
+            "[" + std::string(sec) + "] " + key + ": every entry must be >= 0, got " +
+                std::to_string(v));
+      return false;
+    }
+    values.push_back(static_cast<int>(v));
+  }
+  out = std::move(values);
   return true;
 }
 
@@ -365,16 +398,21 @@ struct Key {
 
 template <class T>
 std::string toml_text(const T& v) {
-  if constexpr (std::is_same_v<T, bool>)
+  if constexpr (std::is_same_v<T, bool>) {
     return v ? "true" : "false";
-  else if constexpr (std::is_integral_v<T>)
+  } else if constexpr (std::is_same_v<T, std::vector<int>>) {
+    std::string list;
+    for (int x : v) list += (list.empty() ? "" : ", ") + std::to_string(x);
+    return "[" + list + "]";
+  } else if constexpr (std::is_integral_v<T>) {
     return std::to_string(v);
-  else if constexpr (std::is_floating_point_v<T>)
+  } else if constexpr (std::is_floating_point_v<T>) {
     return toml_float(v);
-  else if constexpr (std::is_enum_v<T>)
+  } else if constexpr (std::is_enum_v<T>) {
     return toml_string(to_string(v));
-  else
+  } else {
     return toml_string(v);
+  }
 }
 
 // "\"a\", \"b\"" for errors, "`\"a\"`, `\"b\"`" for the docs.
@@ -403,6 +441,8 @@ bool read_value(Reader& rd, const char* sec, const char* key, const CheckOf<T>& 
     return true;
   };
   if constexpr (std::is_same_v<T, bool>) {
+    return rd.get(sec, key, out);
+  } else if constexpr (std::is_same_v<T, std::vector<int>>) {
     return rd.get(sec, key, out);
   } else if constexpr (std::is_integral_v<T>) {
     int64_t v = 0;
@@ -469,6 +509,8 @@ Key key(const char* sec, const char* name, Get get, std::type_identity_t<Def<T>>
   k.doc = doc;
   if constexpr (std::is_same_v<T, bool>)
     k.type = "boolean";
+  else if constexpr (std::is_same_v<T, std::vector<int>>)
+    k.type = "array of integers";
   else if constexpr (std::is_integral_v<T>)
     k.type = "integer";
   else if constexpr (std::is_floating_point_v<T>)
@@ -495,7 +537,7 @@ Key key(const char* sec, const char* name, Get get, std::type_identity_t<Def<T>>
   k.write = [=](const Recipe& r) -> std::optional<std::string> {
     const T& v = get(r);
     bool shown = written ? written(r) : true;
-    if constexpr (std::is_same_v<T, std::string>)
+    if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, std::vector<int>>)
       if (!written && def.how == Def<T>::How::Unset && v.empty()) shown = false;
     if (!shown) return std::nullopt;
     return toml_text(v);
@@ -532,6 +574,9 @@ const std::vector<Key>& keys() {
         key(KD_KEY(run, seed), 1337, at_least(0),
             "seeds initialisation, data order and the validation split"),
         key(KD_KEY(run, device), Device::Auto, {}, "`auto` uses a GPU when one is usable"),
+        key(KD_KEY(run, overwrite), false, {},
+            "a fresh run may delete the previous run in `out_dir` (see [One run per "
+            "out_dir](#one-run-per-out_dir)); `--overwrite` sets it"),
         key(KD_KEY(run, threads), 0, within("[]", 0, 1024),
             "CPU threads for the ops (OpenMP); `0`: the cores this process may run on (its CPU "
             "affinity, which `taskset` and container limits narrow). Applied when training "
@@ -566,6 +611,12 @@ const std::vector<Key>& keys() {
         key(KD_KEY(student, n_embd), required_by_rule, at_least(1), "model width", no_init),
         key(KD_KEY(student, block_size), required_by_rule, at_least(1),
             "longest sequence (position embeddings)", no_init),
+        key(KD_KEY(student, teacher_layers), Unset{"none (random init)"}, {},
+            "start from the teacher: student layer i is a copy of teacher layer "
+            "`teacher_layers[i]`, and the token and position embeddings and the final layernorm "
+            "are the teacher's (DistilBERT's initialisation). The student must have the teacher's "
+            "`n_embd` and `n_head`, and a `block_size` no longer than its; checked when the "
+            "teacher loads. `[0, 2]` takes every other layer of a 4-layer teacher"),
 
         key(KD_KEY(teacher, checkpoint), required_by_rule, path(PathKind::Checkpoint),
             "the teacher, e.g. another run's `out_dir/final`"),
@@ -643,10 +694,10 @@ const std::vector<Key>& keys() {
     for (size_t i = 0; i < t.size(); ++i)
       for (size_t j = 0; j < i; ++j) {
         const bool same_section = std::string_view(t[i].section) == t[j].section;
-        if (same_section && std::string_view(t[i].name) == t[j].name)
-          throw std::logic_error(std::string("recipe key table: ") + t[i].name + " twice");
-        if (same_section && std::string_view(t[i - 1].section) != t[i].section)
-          throw std::logic_error(std::string("recipe key table: [") + t[i].section + "] is split");
+        KD_REQUIRE(!same_section || std::string_view(t[i].name) != t[j].name,
+                   std::string("recipe key table: ") + t[i].name + " twice");
+        KD_REQUIRE(!same_section || std::string_view(t[i - 1].section) == t[i].section,
+                   std::string("recipe key table: [") + t[i].section + "] is split");
       }
     return t;
   }();
@@ -788,15 +839,21 @@ std::string section_owning(std::string_view key, std::string_view except) {
 
 std::string unknown_key_message(const std::string& sec, std::string_view key) {
   std::string msg = "unknown key '" + std::string(key) + "' in [" + sec + "]";
+  // A near match in the key's own section comes first (`warmup` in [schedule] is most likely
+  // `warmup_steps`); the other section with exactly that key is named after it, or alone.
   const std::string owner = section_owning(key, sec);
-  if (!owner.empty()) return msg + "; it belongs in [" + owner + "]";
   std::vector<std::pair<std::string, std::string>> c;
   for (const Key& k : keys())
     if (sec == k.section) c.emplace_back(k.name, k.name);
   for (const auto& a : aliases())
     if (a.section == sec) c.emplace_back(a.alias, a.target);
   const std::string s = closest(key, c);
-  if (!s.empty()) msg += "; did you mean '" + s + "'?";
+  if (!s.empty()) {
+    msg += "; did you mean '" + s + "'?";
+    if (!owner.empty()) msg += " ([" + owner + "] has a key '" + std::string(key) + "')";
+    return msg;
+  }
+  if (!owner.empty()) msg += "; it belongs in [" + owner + "]";
   return msg;
 }
 
@@ -840,10 +897,18 @@ void Reader::apply_override(uint32_t index, const std::string& text) {
   } else {
     try {
       parsed = toml::parse("v = " + rhs, std::string_view("--set"));
-    } catch (const toml::parse_error& e) {
-      diags.push_back(
-          {1, index, 0,
-           where + "cannot parse the value '" + rhs + "': " + std::string(e.description())});
+    } catch (const toml::parse_error&) {
+      // toml++'s own description ("could not determine value type") says nothing about the key.
+      const std::string type = spec->type;
+      const std::string example = type == "integer"   ? "an integer, e.g. --set " + lhs + "=100"
+                                  : type == "float"   ? "a number, e.g. --set " + lhs + "=0.001"
+                                  : type == "boolean" ? "true or false, e.g. --set " + lhs + "=true"
+                                  : type == "array of integers"
+                                      ? "an array of integers, e.g. --set " + lhs + "=[0,2]"
+                                      : "a string, e.g. --set " + lhs + "=\"text\"";
+      diags.push_back({1, index, 0,
+                       where + "cannot read '" + rhs + "' as a TOML value; [" + sec + "] " + key +
+                           " expects " + example});
       return;
     }
     if (parsed.size() != 1 || !parsed.get("v")) {
@@ -928,6 +993,22 @@ void check_student(Reader& rd, Recipe& r) {
     rd.error("student", "n_embd",
              "[student] n_embd (" + std::to_string(s.n_embd) + ") must be divisible by n_head (" +
                  std::to_string(s.n_head) + ")");
+  // Layers of the teacher to start from (DistilBERT-style); checked against the teacher's
+  // config.json when the trainer loads it.
+  if (rd.has("student", "teacher_layers")) {
+    if (!rd.has_section("teacher"))
+      rd.error("student", "teacher_layers",
+               "[student] teacher_layers copies layers of the teacher, but there is no [teacher] "
+               "section");
+    if (init)
+      rd.error("student", "teacher_layers",
+               "[student] teacher_layers and init are two ways to start the student; give one");
+    else if (all && !s.teacher_layers.empty() && int(s.teacher_layers.size()) != s.n_layer)
+      rd.error("student", "teacher_layers",
+               "[student] teacher_layers lists " + std::to_string(s.teacher_layers.size()) +
+                   (s.teacher_layers.size() == 1 ? " layer" : " layers") + " but n_layer = " +
+                   std::to_string(s.n_layer) + "; give one teacher layer per student layer");
+  }
   if (init || !all) s.n_layer = s.n_head = s.n_embd = s.block_size = 0;
 }
 
@@ -995,10 +1076,17 @@ struct SectionRule {
   const char* section;
   void (*check)(Reader&, Recipe&);
 };
-const SectionRule kRules[] = {{"data", check_data},       {"student", check_student},
-                              {"teacher", check_teacher}, {"loss", check_loss},
-                              {"train", check_train},     {"schedule", check_schedule},
-                              {"profile", check_profile}};
+void check_checkpoint(Reader& rd, Recipe& r) {
+  if (r.run.overwrite && r.checkpoint.resume)
+    rd.error("run", "overwrite",
+             "[run] overwrite = true deletes the previous run that [checkpoint] resume = true "
+             "would continue; set only one of them");
+}
+
+const SectionRule kRules[] = {
+    {"checkpoint", check_checkpoint}, {"data", check_data},      {"student", check_student},
+    {"teacher", check_teacher},       {"loss", check_loss},      {"train", check_train},
+    {"schedule", check_schedule},     {"profile", check_profile}};
 
 // Every key in table order; after a section's last key, that section's rules.
 void read_all(Reader& rd, Recipe& r) {
@@ -1081,6 +1169,9 @@ std::string recipe_hash(const Recipe& r) {
 std::vector<std::string> recipe_diff(const Recipe& a, const Recipe& b) {
   std::vector<std::string> out;
   for (const Key& k : keys()) {
+    const std::string_view sec = k.section, name = k.name;
+    if ((sec == "checkpoint" && name == "resume") || (sec == "run" && name == "overwrite"))
+      continue;  // how the run starts, not what it computes
     const std::optional<std::string> va = k.write(a), vb = k.write(b);
     if (va == vb) continue;
     out.push_back(std::string(k.section) + "." + k.name + ": " + va.value_or("(unset)") + " -> " +

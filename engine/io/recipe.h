@@ -36,7 +36,8 @@ struct Recipe {
     std::string out_dir;
     int64_t seed{};
     Device device{};
-    int threads{};  // CPU threads for the ops; 0: the cores available to the process
+    int threads{};     // CPU threads for the ops; 0: the cores available to the process
+    bool overwrite{};  // a fresh run may delete a previous run's outputs in out_dir
     bool operator==(const Run&) const = default;
   };
   struct Data {
@@ -57,6 +58,9 @@ struct Recipe {
     int n_embd{};
     int block_size{};
     int vocab_size{};  // not a key: from the tokenizer (bytes 256, gpt2 50257)
+    // Start from these layers of the teacher (one per student layer, in order), with its
+    // embeddings and final layernorm: the student must have the teacher's width. Empty: random.
+    std::vector<int> teacher_layers;
     bool operator==(const Student&) const = default;
   };
   struct Teacher {
@@ -150,7 +154,8 @@ std::string recipe_to_toml(const Recipe& r);
 std::string recipe_hash(const Recipe& r);
 
 // "section.key: old -> new" for every key whose value differs, in recipe order (values as TOML
-// text). A key present in only one recipe shows "(unset)" on the other side.
+// text). A key present in only one recipe shows "(unset)" on the other side. Keys that say how to
+// start the run rather than what it computes (checkpoint.resume, run.overwrite) are left out.
 std::vector<std::string> recipe_diff(const Recipe& a, const Recipe& b);
 
 // Every key of the table, in recipe order, as docs/recipes.md shows it (a test holds the two

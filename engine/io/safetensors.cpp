@@ -280,18 +280,17 @@ void write_safetensors(const std::string& path, std::span<const TensorView> tens
   std::set<std::string> names;
   uint64_t offset = 0;
   for (const TensorView& t : tensors) {
-    if (t.name.empty() || t.name == "__metadata__")
-      throw InputError(path + ": invalid tensor name \"" + t.name + "\"");
-    if (!names.insert(t.name).second)
-      throw InputError(path + ": tensor \"" + t.name + "\" is given twice");
+    KD_REQUIRE(!t.name.empty() && t.name != "__metadata__",
+               path + ": invalid tensor name \"" + t.name + "\"");
+    KD_REQUIRE(names.insert(t.name).second, path + ": tensor \"" + t.name + "\" is given twice");
     size_t n = 1;
     Json shape = Json::array();
     for (int64_t d : t.shape) {
-      if (d < 0) throw InputError(path + ": tensor \"" + t.name + "\" has a negative dimension");
+      KD_REQUIRE(d >= 0, path + ": tensor \"" + t.name + "\" has a negative dimension");
       n *= static_cast<size_t>(d);
       shape.push_back(Json(d));
     }
-    if (n > 0 && !t.data) throw InputError(path + ": tensor \"" + t.name + "\" has no data");
+    KD_REQUIRE(n == 0 || t.data, path + ": tensor \"" + t.name + "\" has no data");
     Json entry = Json::object();
     entry.append_member("dtype", Json("F32"));
     entry.append_member("shape", std::move(shape));

@@ -67,9 +67,10 @@ struct TensorView {
 };
 
 // Writes the tensors, in the order given, as F32 to path (created or truncated), with an optional
-// "__metadata__" entry. The file is flushed to disk (fsync) before returning. Throws InputError for
-// invalid arguments (an empty or duplicated name, a negative dimension) and std::runtime_error
-// naming the path and the system error when a write fails (a full disk, for instance).
+// "__metadata__" entry. The file is flushed to disk (fsync) before returning. Throws ContractError
+// for invalid arguments (an empty or duplicated name, a negative dimension: the caller's bug) and
+// std::runtime_error naming the path and the system error when a write fails (a full disk, for
+// instance).
 void write_safetensors(const std::string& path, std::span<const TensorView> tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -88,6 +89,20 @@ std::string encode_scalar_event(double wall_time, int64_t step, std::string_view
   return ev;
 }
 
+std::string encode_session_start_event(double wall_time, int64_t step) {
+  std::string log;  // SessionLog
+  put_key(log, 1, kVarint);
+  put_varint(log, 1);  // status = START
+  std::string ev;
+  put_double(ev, 1, wall_time);
+  if (step != 0) {
+    put_key(ev, 2, kVarint);
+    put_varint(ev, static_cast<uint64_t>(step));
+  }
+  put_bytes(ev, 7, log);  // Event.session_log (6 is the deprecated log_message)
+  return ev;
+}
+
 std::string frame_record(std::string_view data) {
   std::string rec;
   rec.reserve(data.size() + 16);
@@ -108,6 +123,21 @@ std::string host_name() {
   return buf;
 }
 
+// The 10-digit time of the newest events.out.tfevents.<time>.* file in dir (0 when none).
+int64_t newest_event_time(const std::string& dir) {
+  const std::string prefix = "events.out.tfevents.";
+  int64_t newest = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind(prefix, 0) != 0) continue;
+    const std::string t = n.substr(prefix.size(), n.find('.', prefix.size()) - prefix.size());
+    if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos) continue;
+    newest = std::max<int64_t>(newest, std::stoll(t));
+  }
+  return newest;
+}
+
 [[noreturn]] void fail(const std::string& what, const std::string& path, int err) {
   throw std::runtime_error("tensorboard: " + what + " " + path + ": " + std::strerror(err));
 }
@@ -118,10 +148,16 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw std::runtime_error("tensorboard: cannot create " + dir + ": " + ec.message());
-  // <n> tells apart writers opened by one process in the same second.
+  // <n> tells apart writers opened by one process in the same second. TensorBoard reads a
+  // folder's files in name order, and a restart must come after the run it cuts short: when a file
+  // of this second or later is already there (a run resumed within a second, or a clock set
+  // back), the time is the newest one + 1.
   static std::atomic<int> counter{0};
+  int64_t t = static_cast<int64_t>(unix_time_now());
+  const int64_t newest = newest_event_time(dir);
+  if (newest >= t) t = newest + 1;
   char name[64];
-  std::snprintf(name, sizeof name, "%010" PRId64, static_cast<int64_t>(unix_time_now()));
+  std::snprintf(name, sizeof name, "%010" PRId64, t);
   path_ = (std::filesystem::path(dir) /
            ("events.out.tfevents." + std::string(name) + "." + host_name() + "." +
             std::to_string(getpid()) + "." + std::to_string(counter++)))
@@ -145,6 +181,10 @@ void TensorBoardWriter::scalar(const std::string& tag, int64_t step, float value
                                double wall_time) {
   if (wall_time < 0) wall_time = unix_time_now();
   write(tb::frame_record(tb::encode_scalar_event(wall_time, step, tag, value)));
+}
+
+void TensorBoardWriter::restart(int64_t step) {
+  write(tb::frame_record(tb::encode_session_start_event(unix_time_now(), step)));
 }
 
 void TensorBoardWriter::flush() {

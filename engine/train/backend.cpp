@@ -27,6 +27,13 @@ void Backend::report_memory() const {
   profiler::memory_set(Mem::Other, p.other);
 }
 
+void Backend::set_reducer(StepReducer* reducer) {
+  if (reducer != nullptr)
+    throw InputError(std::string("data-parallel training (several ranks) is implemented for the "
+                                 "cpu backend only, not for ") +
+                     name() + "; set run.device = \"cpu\" or run a single process");
+}
+
 namespace {
 
 // Why the CUDA kernels cannot run this pair of models ("" when they can), in the recipe's terms.

@@ -68,6 +68,18 @@ struct StepShape {
   int loss_chunk = 0;  // rows per chunk of the CPU's fused LM head + loss; 0: automatic
 };
 
+// Data parallelism (engine/train/comm.h): how one rank's step joins the other ranks'. A backend
+// with a reducer sums the supervised rows before it scales dlogits (so the loss is normalised by
+// the tokens of the whole global step), sums the gradients after the last backward and before the
+// norm and the update, and sums the loss sums; every rank then applies the same update.
+class StepReducer {
+ public:
+  virtual ~StepReducer() = default;
+  virtual int64_t sum_rows(int64_t local) = 0;
+  virtual void sum_grads(float* grads, size_t n) = 0;
+  virtual void sum_losses(LossSums& sums) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -80,6 +92,10 @@ class Backend {
   // disables clipping, t is the 1-based step count for AdamW's bias correction.
   virtual StepResult step(const int32_t* inputs, const int32_t* targets, float lr, float grad_clip,
                           int t) = 0;
+
+  // Makes every later step() data-parallel through `reducer` (not owned; null: one rank). The
+  // default refuses: only the CPU backend implements it so far.
+  virtual void set_reducer(StepReducer* reducer);
 
   // Held-out sums of one batch of B x T (B, T up to the planned sizes), no gradient: the student's
   // CE (ce) and, with a teacher, KL(p_T || q_T) at `temperature` (kl).

@@ -84,6 +84,7 @@ class CpuBackend final : public Backend {
     const size_t N = size_t(B) * T;
     int64_t rows = 0;
     for (size_t i = 0; i < size_t(A) * N; ++i) rows += targets[i] >= 0;
+    if (reducer_) rows = reducer_->sum_rows(rows);  // the global step's supervised tokens
     const float inv_norm = 1.0f / float(std::max<int64_t>(1, rows));
     StepResult r;
     ensure_training_state();
@@ -109,6 +110,10 @@ class CpuBackend final : public Backend {
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
       student_.backward_hidden(hidden_.data());
     }
+    if (reducer_) {
+      reducer_->sum_grads(student_.grads.data(), student_.grads.size());
+      reducer_->sum_losses(r.sums);
+    }
     r.loss = r.sums.loss / double(std::max<int64_t>(1, r.sums.rows));
     r.grad_norm = cpu::global_norm(student_.grads.data(), student_.grads.size());
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
@@ -122,6 +127,8 @@ class CpuBackend final : public Backend {
                       cfg, t, scale);
     return r;
   }
+
+  void set_reducer(StepReducer* reducer) override { reducer_ = reducer; }
 
   LossSums eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,
                         float temperature) override {
@@ -215,6 +222,7 @@ class CpuBackend final : public Backend {
   // output in an evaluation; teacher_hidden_: the teacher's ln_f output.
   std::vector<float> m_, v_, workspace_, hidden_, teacher_hidden_;
   std::vector<ParamSpan> spans_;
+  StepReducer* reducer_ = nullptr;
 };
 
 }  // namespace

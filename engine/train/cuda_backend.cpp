@@ -24,11 +24,6 @@ namespace kd {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
-
 size_t align256(size_t b) {
   return (b + 255) & ~size_t{255};
 }
@@ -36,9 +31,7 @@ size_t align256(size_t b) {
 // Page-locked host memory (for asynchronous copies).
 class PinnedBlock {
  public:
-  explicit PinnedBlock(size_t bytes) {
-    check(cudaMallocHost(&p_, bytes > 0 ? bytes : 1), "cudaMallocHost");
-  }
+  explicit PinnedBlock(size_t bytes) { KD_CUDA_CHECK(cudaMallocHost(&p_, bytes > 0 ? bytes : 1)); }
   ~PinnedBlock() {
     if (p_ != nullptr) cudaFreeHost(p_);
   }
@@ -54,7 +47,7 @@ class PinnedBlock {
 // elsewhere stay ordered with it).
 class Stream {
  public:
-  Stream() { check(cudaStreamCreate(&s_), "cudaStreamCreate"); }
+  Stream() { KD_CUDA_CHECK(cudaStreamCreate(&s_)); }
   ~Stream() {
     cudaStreamSynchronize(s_);
     cudaStreamDestroy(s_);
@@ -84,22 +77,21 @@ class EventClock final : public profiler::Clock {
                      .count();
     if (used_ == events_.size()) {
       cudaEvent_t e;
-      check(cudaEventCreate(&e), "cudaEventCreate");
+      KD_CUDA_CHECK(cudaEventCreate(&e));
       events_.push_back(e);
     }
-    check(cudaEventRecord(events_[used_], stream_), "cudaEventRecord");
+    KD_CUDA_CHECK(cudaEventRecord(events_[used_], stream_));
     return static_cast<int64_t>(used_++);
   }
   void resolve(std::vector<int64_t>& tokens) override {
     if (used_ == 0) return;
-    check(cudaEventSynchronize(events_[used_ - 1]), "cudaEventSynchronize");
+    KD_CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1]));
     for (int64_t& t : tokens) {
       // The profiler also hands over the end of a range still open at step_end as -1: not a
       // token of this clock, left as it is.
       if (t < 0 || static_cast<size_t>(t) >= used_) continue;
       float ms = 0;
-      check(cudaEventElapsedTime(&ms, events_[0], events_[static_cast<size_t>(t)]),
-            "cudaEventElapsedTime");
+      KD_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[0], events_[static_cast<size_t>(t)]));
       t = base_ns_ + static_cast<int64_t>(static_cast<double>(ms) * 1e6);
     }
     used_ = 0;
@@ -126,13 +118,13 @@ struct CudaBackend::Impl {
   Impl(const GPT2& student_cpu, const GPT2* teacher_cpu, const LossConfig& loss_cfg,
        const AdamWConfig& adamw_cfg, int B_, int T_, int A_, bool stochastic, uint64_t seed)
       : B(B_), T(T_), A(A_), N(static_cast<size_t>(B_) * T_), loss(loss_cfg), adamw(adamw_cfg) {
-    if (A < 1) throw std::invalid_argument("CudaBackend: grad_accum must be >= 1");
+    KD_REQUIRE(A >= 1, "CudaBackend: grad_accum must be >= 1");
     rounding.stochastic = stochastic;
     rounding.seed = seed;
     // The kernels take their small scratch from the stream-ordered allocator; keep what it frees in
     // the pool so that, after the first step, no step reaches the driver for memory.
     int dev = 0;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
+    KD_CUDA_CHECK(cudaGetDevice(&dev));
     cudaMemPool_t pool;
     if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
       uint64_t keep = std::numeric_limits<uint64_t>::max();
@@ -143,11 +135,10 @@ struct CudaBackend::Impl {
     V = student_cpu.config().vocab_size;
     if (teacher_cpu != nullptr) {
       Vt = teacher_cpu->config().vocab_size;
-      if (Vt < V)
-        throw std::invalid_argument("CudaBackend: the teacher's vocabulary (" + std::to_string(Vt) +
-                                    ") is smaller than the student's (" + std::to_string(V) + ")");
-      if (T > teacher_cpu->config().block_size)
-        throw std::invalid_argument("CudaBackend: T exceeds the teacher's block_size");
+      KD_REQUIRE(Vt >= V, "CudaBackend: the teacher's vocabulary (" + std::to_string(Vt) +
+                              ") is smaller than the student's (" + std::to_string(V) + ")");
+      KD_REQUIRE(T <= teacher_cpu->config().block_size,
+                 "CudaBackend: T exceeds the teacher's block_size");
     } else {
       Vt = V;
       loss.kd_weight = 0.0f;
@@ -171,12 +162,11 @@ struct CudaBackend::Impl {
     tokens_dev = reinterpret_cast<int32_t*>(other_block.get());
     targets_dev = reinterpret_cast<int32_t*>(other_block.get() + tok_bytes);
     spans_dev = reinterpret_cast<ParamSpan*>(other_block.get() + 2 * tok_bytes);
-    check(cudaMemcpyAsync(spans_dev, spans.data(), spans.size() * sizeof(ParamSpan),
-                          cudaMemcpyHostToDevice, stream),
-          "spans upload");
+    KD_CUDA_CHECK(cudaMemcpyAsync(spans_dev, spans.data(), spans.size() * sizeof(ParamSpan),
+                                  cudaMemcpyHostToDevice, stream));
     pinned_tokens = std::make_unique<PinnedBlock>(2 * tok_bytes);
     pinned_readback = std::make_unique<PinnedBlock>(sizeof(StepReadback));
-    check(cudaStreamSynchronize(stream), "CudaBackend setup");
+    KD_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
   ~Impl() { cudaStreamSynchronize(stream); }
@@ -195,23 +185,20 @@ struct CudaBackend::Impl {
   int64_t stage(const int32_t* inputs, const int32_t* targets, size_t n) {
     int64_t rows = 0;
     for (size_t i = 0; i < n; ++i) {
-      if (inputs[i] < 0 || inputs[i] >= V)
-        throw std::invalid_argument("CudaBackend: token id " + std::to_string(inputs[i]) +
-                                    " outside the vocabulary of " + std::to_string(V));
-      if (targets[i] >= V)
-        throw std::invalid_argument("CudaBackend: target id " + std::to_string(targets[i]) +
-                                    " outside the vocabulary of " + std::to_string(V));
+      KD_REQUIRE(inputs[i] >= 0 && inputs[i] < V,
+                 "CudaBackend: token id " + std::to_string(inputs[i]) +
+                     " outside the vocabulary of " + std::to_string(V));
+      KD_REQUIRE(targets[i] < V, "CudaBackend: target id " + std::to_string(targets[i]) +
+                                     " outside the vocabulary of " + std::to_string(V));
       rows += targets[i] >= 0;
     }
     // The previous use of the pinned buffers ended with a synchronisation, so they are free.
     std::memcpy(pinned_in(), inputs, n * sizeof(int32_t));
     std::memcpy(pinned_tg(), targets, n * sizeof(int32_t));
-    check(cudaMemcpyAsync(tokens_dev, pinned_in(), n * sizeof(int32_t), cudaMemcpyHostToDevice,
-                          stream),
-          "tokens upload");
-    check(cudaMemcpyAsync(targets_dev, pinned_tg(), n * sizeof(int32_t), cudaMemcpyHostToDevice,
-                          stream),
-          "targets upload");
+    KD_CUDA_CHECK(cudaMemcpyAsync(tokens_dev, pinned_in(), n * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, stream));
+    KD_CUDA_CHECK(cudaMemcpyAsync(targets_dev, pinned_tg(), n * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, stream));
     return rows;
   }
 
@@ -220,7 +207,7 @@ struct CudaBackend::Impl {
     const int64_t rows = stage(inputs, targets, static_cast<size_t>(A) * N);
     const float inv_norm = 1.0f / static_cast<float>(std::max<int64_t>(1, rows));
     student->zero_grad();
-    check(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream), "sums reset");
+    KD_CUDA_CHECK(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream));
     for (int a = 0; a < A; ++a) {
       const int32_t* tok = tokens_dev + static_cast<size_t>(a) * N;
       const int32_t* tg = targets_dev + static_cast<size_t>(a) * N;
@@ -247,10 +234,9 @@ struct CudaBackend::Impl {
 
   // The step's only synchronisation: sums, norm and scale to the host.
   StepResult finish() {
-    check(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
-                          cudaMemcpyDeviceToHost, stream),
-          "readback");
-    check(cudaStreamSynchronize(stream), "step");
+    KD_CUDA_CHECK(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
+                                  cudaMemcpyDeviceToHost, stream));
+    KD_CUDA_CHECK(cudaStreamSynchronize(stream));
     StepResult r;
     r.sums = readback_host()->sums;
     r.grad_norm = readback_host()->norm;
@@ -261,13 +247,12 @@ struct CudaBackend::Impl {
 
   LossSums eval(const int32_t* inputs, const int32_t* targets, int b, int t, float temperature,
                 bool teacher_only) {
-    if (b < 1 || t < 1 || b > B || t > T)
-      throw std::invalid_argument("CudaBackend::eval_loss: (B, T) beyond the planned sizes");
-    if (teacher_only && !teacher)
-      throw std::logic_error("CudaBackend::eval_teacher_loss: no teacher");
+    KD_REQUIRE(b >= 1 && t >= 1 && b <= B && t <= T,
+               "CudaBackend::eval_loss: (B, T) beyond the planned sizes");
+    KD_REQUIRE(!teacher_only || teacher, "CudaBackend::eval_teacher_loss: no teacher");
     const size_t n = static_cast<size_t>(b) * t;
     stage(inputs, targets, n);
-    check(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream), "sums reset");
+    KD_CUDA_CHECK(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream));
     LossConfig ce;  // ce_weight 1, kd_weight 0: CE, and with a teacher the KL sum
     // No phase ranges inside an evaluation (as on the CPU): the caller's "eval" range holds it.
     if (teacher) teacher->forward_inference(tlogits, tokens_dev, b, t);
@@ -313,7 +298,7 @@ CudaBackend::~CudaBackend() = default;
 StepResult CudaBackend::step(const int32_t* inputs, const int32_t* targets, float lr,
                              float grad_clip, int t) {
   Impl& im = *impl_;
-  if (t < 1) throw std::invalid_argument("CudaBackend::step: t is 1-based");
+  KD_REQUIRE(t >= 1, "CudaBackend::step: t is 1-based");
   im.forward_backward(inputs, targets, grad_clip);
   {
     KD_RANGE_P("optimizer", Phase::Optimizer, t);
@@ -363,8 +348,8 @@ std::vector<float> CudaBackend::master_weights() const {
 
 std::vector<float> CudaBackend::student_logits(const int32_t* tokens, int B, int T) {
   Impl& im = *impl_;
-  if (B < 1 || T < 1 || B > im.B || T > im.T)
-    throw std::invalid_argument("CudaBackend::student_logits: (B, T) beyond the planned sizes");
+  KD_REQUIRE(B >= 1 && T >= 1 && B <= im.B && T <= im.T,
+             "CudaBackend::student_logits: (B, T) beyond the planned sizes");
   const size_t n = static_cast<size_t>(B) * T;
   std::vector<int32_t> no_targets(n, -1);
   im.stage(tokens, no_targets.data(), n);
@@ -406,7 +391,7 @@ int64_t CudaBackend::largest_micro_batch(std::string* note) const {
   const Impl& im = *impl_;
   const MemoryPlan p = memory_plan();
   size_t free_b = 0, total_b = 0;
-  check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  KD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   // What grows with the micro-batch: activations (student), scratch (teacher) and the teacher's
   // logits, all linear in B. Keep 1 GiB (or 5%) back for cuBLASLt's workspace, the kernels'
   // stream-ordered scratch and fragmentation.
@@ -430,7 +415,7 @@ int64_t CudaBackend::largest_micro_batch(std::string* note) const {
 void CudaBackend::report_memory() const {
   Backend::report_memory();
   size_t free_b = 0, total_b = 0;
-  check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  KD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   profiler::set_device_memory(free_b, total_b);
   std::string note;
   const int64_t max_b = largest_micro_batch(&note);

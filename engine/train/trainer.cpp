@@ -13,6 +13,7 @@
 #include <iostream>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "engine/base/error.h"
 #include "engine/base/json.h"
@@ -25,6 +26,10 @@
 #include "engine/io/tokenizer.h"
 #include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
+#include "engine/train/run_dir.h"
+#include "engine/train/student_init.h"
+#include "engine/train/train_log.h"
+#include "engine/train/comm.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_tokenizer.h"
 
@@ -67,6 +72,11 @@ std::string fmt_duration(double s) {
   else
     std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
   return buf;
+}
+
+// "1 layer", "2 layers".
+std::string count_of(int64_t n, const char* noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
 
 std::string read_text(const fs::path& p) {
@@ -199,6 +209,18 @@ GPT2Config student_config(const Recipe& r, int vocab) {
   return c;
 }
 
+// The recipe's train and held-out tokens: [data] val, or the last val_fraction of [data] train.
+TokenSplit recipe_tokens(const Recipe& r, const Tokenizer& tok) {
+  const std::string& cache = r.data.cache_dir;  // empty: no cache
+  TokenSplit split;
+  split.train = load_tokens(r.data.train, tok, cache).tokens;
+  if (r.data.val.empty())
+    split = split_tokens(split.train, r.data.val_fraction);
+  else
+    split.val = load_tokens(r.data.val, tok, cache).tokens;
+  return split;
+}
+
 // Loads tokenizer, data, student and teacher, and checks what only the files can tell.
 Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   Setup s;
@@ -234,6 +256,9 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
     if (T > tc.block_size)
       throw InputError("[train] seq_len = " + std::to_string(T) +
                        " exceeds the teacher's block_size " + std::to_string(tc.block_size));
+    if (!r.student.teacher_layers.empty())  // DistilBERT-style start (engine/student_init.h)
+      init_from_teacher_layers(*s.student, *s.teacher, r.student.teacher_layers,
+                               r.teacher.checkpoint);
   }
   s.loss.ce_weight = static_cast<float>(r.loss.ce_weight);
   s.loss.kd_weight = r.has_teacher() ? static_cast<float>(r.loss.kd_weight) : 0.0f;
@@ -243,15 +268,9 @@ Setup prepare(const Recipe& r, std::ostream& out, bool load_data) {
   s.loss.t2_scaling = r.loss.t2_scaling;
   if (!load_data) return s;
 
-  const std::string& cache = r.data.cache_dir;  // empty: no cache
-  s.train_tokens = load_tokens(r.data.train, *s.tok, cache).tokens;
-  if (r.data.val.empty()) {
-    TokenSplit split = split_tokens(s.train_tokens, r.data.val_fraction);
-    s.train_tokens = std::move(split.train);
-    s.val_tokens = std::move(split.val);
-  } else {
-    s.val_tokens = load_tokens(r.data.val, *s.tok, cache).tokens;
-  }
+  TokenSplit split = recipe_tokens(r, *s.tok);
+  s.train_tokens = std::move(split.train);
+  s.val_tokens = std::move(split.val);
   for (const auto* v : {&s.train_tokens, &s.val_tokens})
     if (v->size() < static_cast<size_t>(T) + 1)
       throw InputError("[data] " + std::string(v == &s.train_tokens ? "train" : "val") + " has " +
@@ -375,14 +394,21 @@ State resume_or_start(const Recipe& r, GPT2& model, std::vector<float>& m, std::
 // The run's outputs besides checkpoints: log.jsonl and, when enabled, the TensorBoard scalars.
 class RunLog {
  public:
-  RunLog(const Recipe& r)
-      : path_(fs::path(r.run.out_dir) / "log.jsonl"), log_(path_, std::ios::app) {
+  // resumed_at: the step of the checkpoint a resumed run continues from (-1: a fresh run). A
+  // disabled log (the ranks other than 0) writes nothing.
+  RunLog(const Recipe& r, int64_t resumed_at, bool enabled = true) : enabled_(enabled) {
+    if (!enabled_) return;
+    path_ = fs::path(r.run.out_dir) / "log.jsonl";
+    log_.open(path_, std::ios::app);
     if (!log_) throw InputError("[run] out_dir: cannot write " + path_.string());
     if (r.log.tensorboard)
       tb_ = std::make_unique<TensorBoardWriter>((fs::path(r.run.out_dir) / "tb").string());
+    // TensorBoard discards what the interrupted run logged after the checkpoint.
+    if (tb_ && resumed_at >= 0) tb_->restart(resumed_at + 1);
   }
   // One record to log.jsonl and, for every numeric field, the matching TensorBoard scalar.
   void emit(const Json& j) {
+    if (!enabled_) return;
     log_ << j.dump() << "\n";
     log_.flush();
     if (!tb_) return;
@@ -391,39 +417,21 @@ class RunLog {
   }
 
  private:
+  bool enabled_;
   fs::path path_;
   std::ofstream log_;
   std::unique_ptr<TensorBoardWriter> tb_;
 };
 
 void print_models(const GPT2Config& sc, const GPT2* teacher, std::ostream& out) {
-  out << "student: " << sc.n_layer << " layers, " << sc.n_head << " heads, " << sc.n_embd
-      << " dims, vocab " << sc.vocab_size << ", " << sc.num_parameters() << " parameters\n";
+  out << "student: " << count_of(sc.n_layer, "layer") << ", " << count_of(sc.n_head, "head") << ", "
+      << sc.n_embd << " dims, vocab " << sc.vocab_size << ", " << sc.num_parameters()
+      << " parameters\n";
   if (teacher) {
     const GPT2Config& tc = teacher->config();
-    out << "teacher: " << tc.n_layer << " layers, " << tc.n_head << " heads, " << tc.n_embd
-        << " dims, " << tc.num_parameters() << " parameters\n";
+    out << "teacher: " << count_of(tc.n_layer, "layer") << ", " << count_of(tc.n_head, "head")
+        << ", " << tc.n_embd << " dims, " << tc.num_parameters() << " parameters\n";
   }
-}
-
-// The record of a logged step: log.jsonl, TensorBoard and the console line.
-Json step_record(int64_t step, const StepResult& res, double lr, double tokens_per_s,
-                 double step_ms) {
-  const double R = double(std::max<int64_t>(1, res.sums.rows));
-  Json j = Json::object();
-  j["step"] = step;
-  j["loss"] = res.loss;
-  j["ce"] = res.sums.ce / R;
-  j["kd"] = res.sums.kd / R;
-  j["kl"] = res.sums.kl / R;
-  j["teacher_entropy"] = res.sums.teacher_entropy / R;
-  j["student_entropy"] = res.sums.student_entropy / R;
-  j["lr"] = lr;
-  j["grad_norm"] = res.grad_norm;
-  j["tokens_per_s"] = tokens_per_s;
-  j["step_time_ms"] = step_ms;
-  j["peak_mem_bytes"] = double(profiler::memory_stats().total_peak);
-  return j;
 }
 
 void write_summary(const Recipe& r, const TrainSummary& sum, size_t parameters) {
@@ -439,40 +447,91 @@ void write_summary(const Recipe& r, const TrainSummary& sum, size_t parameters) 
   write_file_synced((fs::path(r.run.out_dir) / "summary.json").string(), j.dump(2) + "\n");
 }
 
+// Data parallelism (docs/distributed.md): rank 0 resumes or starts the run, and every other rank
+// receives its parameters, moments, loop state and sampler position, so all ranks start equal.
+void share_start(State& st, GPT2& model, std::vector<float>& m, std::vector<float>& v,
+                 BatchSampler& sampler) {
+  if (comm::size() == 1) return;
+  m.resize(model.params.size());
+  v.resize(model.params.size());
+  comm::broadcast(model.params.data(), model.params.size() * sizeof(float));
+  comm::broadcast(m.data(), m.size() * sizeof(float));
+  comm::broadcast(v.data(), v.size() * sizeof(float));
+  st.rng_state = sampler.state();
+  static_assert(std::is_trivially_copyable_v<State>, "State is broadcast as bytes");
+  comm::broadcast(&st, sizeof st);
+  sampler.set_state(st.rng_state);
+}
+
+// Every rank must run the same recipe: the hash of the resolved recipe, compared across ranks.
+void check_same_recipe(const Recipe& r) {
+  if (comm::size() == 1) return;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the recipe hash text
+  for (unsigned char c : recipe_hash(r)) h = (h ^ c) * 1099511628211ull;
+  const std::vector<uint64_t> all = comm::allgather(h);
+  for (size_t k = 1; k < all.size(); ++k)
+    if (all[k] != all[0])
+      throw InputError("rank " + std::to_string(k) +
+                       " runs a different recipe than rank 0 (the "
+                       "resolved recipes' hashes differ); every rank must get the same recipe "
+                       "and --set overrides");
+}
+
+std::ostream& null_stream() {
+  static std::ostream s(nullptr);  // no buffer: every write is dropped
+  return s;
+}
+
 }  // namespace
 
-TrainSummary train(const Recipe& r, std::ostream& out) {
+TrainSummary train(const Recipe& r, std::ostream& console) {
+  comm::init();  // joins the MPI job when started by mpirun / srun; else one rank
+  const bool root = comm::is_root();
+  const int ranks = comm::size();
+  std::ostream& out = root ? console : null_stream();  // rank 0 alone prints
+  check_same_recipe(r);
   const auto t_start = Clock::now();
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
       std::numeric_limits<double>::quiet_NaN();
   cpu::set_threads(cpu::resolve_threads(r.run.threads));  // [run] threads: one pool for CPU ops
-  check_out_dir_writable(r.run.out_dir);
+  if (root) {
+    check_out_dir(r);  // a previous run in out_dir: refused unless resume or overwrite
+    check_out_dir_writable(r.run.out_dir);
+  }
   Setup s = prepare(r, out, true);
+  if (root) remove_previous_run(r, out);
   GPT2& model = *s.student;
   const StepShape shape = step_shape(r, model.config());
   const int B = shape.B, T = shape.T;
-  const size_t step_tokens = size_t(shape.grad_accum) * B * T;
+  const size_t rank_tokens = size_t(shape.grad_accum) * B * T;  // this rank's share of a step
+  const size_t step_tokens = rank_tokens * ranks;               // the global step
 
   BatchSampler sampler(s.train_tokens, {}, static_cast<uint64_t>(r.run.seed));
   std::vector<float> m, v;  // the moments as checkpoints hold them
-  State st = resume_or_start(r, model, m, v, sampler, out);
+  State st = root ? resume_or_start(r, model, m, v, sampler, out) : State{};
+  share_start(st, model, m, v, sampler);
   std::unique_ptr<Backend> backend =
       make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
   backend->load_state(model, m, v);
-  RunLog log(r);
+  comm::MpiStepReducer reducer;
+  if (ranks > 1) backend->set_reducer(&reducer);
+  RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
+  if (ranks > 1)
+    out << "data parallel: " << ranks << " ranks, global batch " << shape.B << " x "
+        << shape.grad_accum << " x " << ranks << " sequences\n";
 
   backend->report_memory();
   struct ClockGuard {
     ~ClockGuard() { profiler::set_clock(nullptr); }
   } clock_guard;
-  if (r.profile.enabled) {
+  if (r.profile.enabled && root) {
     profiler::set_clock(backend->profiler_clock());
     profiler::configure(true, r.profile.wait, r.profile.warmup, r.profile.active, r.run.out_dir);
   }
 
   print_models(model.config(), s.teacher.get(), out);
-  if (s.teacher) {
+  if (s.teacher && root) {  // evaluation runs on rank 0 only
     KD_RANGE_P("eval", Phase::Eval, st.step);
     sum.teacher_val_loss =
         evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f).teacher_ce;
@@ -515,25 +574,29 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   const int64_t first_step = st.step;
   int64_t window_tokens = 0;
   auto window_start = Clock::now();
+  LogWindow log_window;
   while (st.step < r.train.max_steps) {
     const auto step_start = Clock::now();
-    profiler::StepScope step_scope(st.step);
+    profiler::StepScope step_scope(st.step + 1);  // steps count from 1, as in the log
     {
       KD_RANGE_P("data", Phase::Data, st.step);
-      for (int a = 0; a < shape.grad_accum; ++a)
+      // Every rank draws the whole global step (grad_accum x ranks micro-batches) from the same
+      // seeded sampler and takes its own slice, so a step's sequences do not depend on `ranks`.
+      for (int a = 0; a < shape.grad_accum * ranks; ++a)
         sampler.next(B, T, inputs.data() + a * size_t(B) * T, targets.data() + a * size_t(B) * T);
     }
     const double lr = learning_rate(r, st.step);
-    const StepResult res = backend->step(inputs.data(), targets.data(), float(lr),
+    const size_t mine = rank_tokens * comm::rank();
+    const StepResult res = backend->step(inputs.data() + mine, targets.data() + mine, float(lr),
                                          float(r.optim.grad_clip), int(st.step + 1));
     if (!res.finite) throw_non_finite(r, st.step, res.loss);  // nothing of this step is saved
     st.step += 1;
     st.tokens_seen += int64_t(step_tokens);
     window_tokens += int64_t(step_tokens);
+    log_window.add(res.sums, res.loss,
+                   std::chrono::duration<double, std::milli>(Clock::now() - step_start).count());
 
     if (st.step % r.log.every == 0 || st.step == r.train.max_steps) {
-      const double step_ms =
-          std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
       const double wsec = std::chrono::duration<double>(Clock::now() - window_start).count();
       const double tps = window_tokens / std::max(wsec, 1e-9);
       window_tokens = 0;
@@ -541,24 +604,27 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - loop_start).count();
       const double eta =
           elapsed / double(st.step - first_step) * double(r.train.max_steps - st.step);
-      log.emit(step_record(st.step, res, lr, tps, step_ms));
-      const double R = double(std::max<int64_t>(1, res.sums.rows));
+      // Loss terms: means over the window's tokens (engine/train/train_log.h).
+      const LogWindow::Means wm = log_window.means();
+      log.emit(log_window.record(st.step, s.teacher != nullptr, lr, res.grad_norm, tps,
+                                 double(profiler::memory_stats().total_peak)));
+      log_window.reset();
+      char kd_part[32] = "";
+      if (s.teacher) std::snprintf(kd_part, sizeof kd_part, " | kd %.4f", wm.kd);
       char line[320];
-      std::snprintf(
-          line, sizeof line,
-          "step %lld/%d | loss %.4f | ce %.4f | kd %.4f | lr %.2e | norm %.3f | %.0f tok/s "
-          "| %s elapsed | ETA %s",
-          static_cast<long long>(st.step), r.train.max_steps, res.loss, res.sums.ce / R,
-          res.sums.kd / R, lr, res.grad_norm, tps, fmt_duration(elapsed).c_str(),
-          fmt_duration(eta).c_str());
+      std::snprintf(line, sizeof line,
+                    "step %lld/%d | loss %.4f | ce %.4f%s | lr %.2e | norm %.3f | %.0f tok/s "
+                    "| %s elapsed | ETA %s",
+                    static_cast<long long>(st.step), r.train.max_steps, wm.loss, wm.ce, kd_part, lr,
+                    res.grad_norm, tps, fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
       out << line << "\n" << std::flush;
     }
     const bool last = st.step == r.train.max_steps;
-    if (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0)) run_eval();
-    if (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0)) save();
-    if (!last && interrupt_flag().load()) {
+    if (root && (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0))) run_eval();
+    if (root && (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0))) save();
+    if (!last && comm::any(interrupt_flag().load())) {  // every rank stops at the same step
       out << "interrupted: writing a checkpoint at step " << st.step << "\n";
-      save();
+      if (root) save();
       sum.interrupted = true;
       break;
     }
@@ -570,14 +636,19 @@ TrainSummary train(const Recipe& r, std::ostream& out) {
   sum.tokens_seen = st.tokens_seen;
   sum.best_val_loss = st.best_val_loss;
   sum.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-  write_summary(r, sum, model.config().num_parameters());
-  out << "done: " << st.step << " steps, best val loss " << std::fixed << std::setprecision(4)
-      << sum.best_val_loss << ", " << st.tokens_seen << " tokens seen, wall time "
-      << fmt_duration(sum.wall_seconds) << std::defaultfloat << "\n";
+  if (root) write_summary(r, sum, model.config().num_parameters());
+  std::ostringstream best;  // no "nan" when no evaluation ran (e.g. Ctrl-C before the first)
+  if (std::isfinite(sum.best_val_loss))
+    best << "best val loss " << std::fixed << std::setprecision(4) << sum.best_val_loss;
+  else
+    best << "no evaluation ran";
+  out << "done: " << count_of(st.step, "step") << ", " << best.str() << ", " << st.tokens_seen
+      << " tokens seen, wall time " << fmt_duration(sum.wall_seconds) << "\n";
+  comm::finalize();  // every rank got here: leave the MPI job cleanly
   return sum;
 }
 void print_check(const Recipe& r, std::ostream& out) {
-  out << "# resolved recipe\n" << recipe_to_toml(r) << "\n";
+  out << recipe_to_toml(r) << "\n";  // its first line says what it is
   Setup s = prepare(r, out, false);
   const GPT2Config& sc = s.student->config();
   const StepShape shape = step_shape(r, sc);
@@ -604,6 +675,26 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  total              " << mib(p.total()) << "\n";
 }
 
+std::vector<uint16_t> held_out_tokens(const Recipe& r) {
+  auto tok = make_tokenizer(r.data.tokenizer, r.data.encoder, r.data.vocab_bpe);
+  return recipe_tokens(r, *tok).val;
+}
+
+EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
+                          int B, int T, int batches, float temperature) {
+  std::ostringstream quiet;
+  std::unique_ptr<Backend> backend =
+      make_backend(Device::Cpu, student, teacher, LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
+  const EvalStats e = evaluate(*backend, false, tokens, B, T, batches, temperature);
+  EvalResult res;
+  res.loss = e.student_ce;
+  res.perplexity = std::exp(e.student_ce);
+  res.kl = e.kl;
+  res.tokens = e.tokens;
+  if (teacher) res.teacher_loss = evaluate(*backend, true, tokens, B, T, batches, 1.0f).teacher_ce;
+  return res;
+}
+
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out) {
   cpu::set_threads(cpu::resolve_threads(0));
@@ -627,22 +718,17 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
   if (T < 1) throw InputError(data + ": too few tokens to evaluate");
   batches = std::max(1, std::min<int>(batches, int(tokens.size() / (size_t(B) * T + 1)) + 1));
   std::ostringstream quiet;
-  std::unique_ptr<Backend> backend = make_backend(Device::Cpu, student, teacher.get(),
-                                                  LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
+  std::unique_ptr<Backend> backend = make_backend(Device::Cpu, student, teacher.get(), LossConfig{},
+                                                  AdamWConfig{}, {B, T, 1}, quiet);
   EvalStats e = evaluate(*backend, false, tokens, B, T, batches, 1.0f);
   EvalResult res;
   res.loss = e.student_ce;
   res.perplexity = std::exp(e.student_ce);
   res.tokens = e.tokens;
-  out << std::fixed << std::setprecision(4) << "loss " << res.loss << "\nperplexity "
-      << res.perplexity << "\n";
   if (teacher) {
-    EvalStats te = evaluate(*backend, true, tokens, B, T, batches, 1.0f);
-    res.teacher_loss = te.teacher_ce;
+    res.teacher_loss = evaluate(*backend, true, tokens, B, T, batches, 1.0f).teacher_ce;
     res.kl = e.kl;
-    out << "teacher loss " << res.teacher_loss << "\nKL(teacher||student) " << res.kl << "\n";
   }
-  out << std::defaultfloat << "tokens " << res.tokens << "\n";
   return res;
 }
 

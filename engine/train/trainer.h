@@ -58,8 +58,20 @@ struct EvalResult {
          kl = 0;  // with a teacher: its loss and KL(p_teacher || q_student), T = 1
   int64_t tokens = 0;
 };
+// Notes (an old checkpoint layout) go to out; the caller prints the results.
 EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
                                const std::string& teacher_ckpt, int batches, std::ostream& out);
+
+// The held-out tokens the trainer evaluates on for recipe r ([data] val, or the val_fraction split
+// of [data] train), tokenized with the recipe's tokenizer. Throws InputError for bad data.
+std::vector<uint16_t> held_out_tokens(const Recipe& r);
+
+// The trainer's evaluation of `student` on `batches` fixed windows of B x T tokens of `tokens`
+// (BatchSampler::eval_batch): mean CE, and with a teacher the teacher's CE and
+// KL(p_teacher || q_student) at `temperature`. With the recipe's B, T, eval_batches and
+// temperature it gives the numbers of the trainer's eval records.
+EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
+                          int B, int T, int batches, float temperature);
 
 // Text from a checkpoint: `kdengine sample`.
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,

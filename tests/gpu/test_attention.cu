@@ -189,10 +189,10 @@ TEST(AttentionSharp, ForwardMatchesCpuWithLargeScores) {
 // Host-side argument checks: they throw before any CUDA call, so these run without a GPU too.
 TEST(AttentionShapes, RejectsUnsupportedHeadSize) {
   EXPECT_THROW(kd::cuda::attention_forward(nullptr, nullptr, nullptr, 1, 4, 96, 1, nullptr),
-               std::invalid_argument);
+               kd::ContractError);
   EXPECT_THROW(kd::cuda::attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 96,
                                             1, nullptr, nullptr),
-               std::invalid_argument);
+               kd::ContractError);
 }
 
 // The host rejects misaligned pointers and a missing scratch before anything is launched (the
@@ -202,19 +202,19 @@ TEST(AttentionShapes, RejectsMisalignedPointersAndMissingScratch) {
   float* lse = reinterpret_cast<float*>(uintptr_t{4096});
   const int B = 1, T = 4, C = 64, NH = 1;
   EXPECT_THROW(kd::cuda::attention_forward(fake(4096 + 2), lse, fake(8192), B, T, C, NH, nullptr),
-               std::invalid_argument);
+               kd::ContractError);
   EXPECT_THROW(kd::cuda::attention_forward(fake(4096), lse, fake(8192 + 8), B, T, C, NH, nullptr),
-               std::invalid_argument);
+               kd::ContractError);
   float* scratch = reinterpret_cast<float*>(uintptr_t{16384});
   EXPECT_THROW(kd::cuda::attention_backward(fake(4096 + 8), fake(8192), fake(12288), fake(20480),
                                             lse, B, T, C, NH, nullptr, scratch),
-               std::invalid_argument);
+               kd::ContractError);
   EXPECT_THROW(kd::cuda::attention_backward(fake(4096), fake(8192 + 2), fake(12288), fake(20480),
                                             lse, B, T, C, NH, nullptr, scratch),
-               std::invalid_argument);
+               kd::ContractError);
   EXPECT_THROW(kd::cuda::attention_backward(fake(4096), fake(8192), fake(12288), fake(20480), lse,
                                             B, T, C, NH, nullptr, nullptr),
-               std::invalid_argument);
+               kd::ContractError);
 }
 
 std::vector<Shape> shapes() {

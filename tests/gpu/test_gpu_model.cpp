@@ -440,17 +440,18 @@ TEST(GpuModel, CheckpointRoundTripResumesBitwise) {
   EXPECT_EQ(std::memcmp(cont.master.data(), res.master.data(), cont.master.size() * 4), 0);
 }
 
-TEST(GpuModel, RejectsBadInput) {
+// The trainer validates these before it builds a CudaBackend; here they are broken contracts.
+TEST(GpuModel, RejectsBrokenPreconditions) {
   KD_REQUIRE_GPU();
   GPT2Config bad = student_config();
   bad.n_head = 4;  // head size 32: not supported by the attention kernel
   EXPECT_THROW(CudaBackend(GPT2(bad), nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1),
-               std::invalid_argument);
+               kd::ContractError);
   const GPT2 student = random_model(student_config(), 91);
   CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
   Batch b = random_batch(student_config().vocab_size, kB * kT, 92);
   b.inputs[5] = student_config().vocab_size;  // out of the vocabulary
-  EXPECT_THROW(tr.step(b.inputs.data(), b.targets.data(), 1e-3f, 1.0f, 1), std::invalid_argument);
+  EXPECT_THROW(tr.step(b.inputs.data(), b.targets.data(), 1e-3f, 1.0f, 1), kd::ContractError);
 }
 
 }  // namespace

@@ -16,10 +16,9 @@ constexpr int kChannelBlock = 32;
 
 void check_tokens(const int32_t* tokens, int B, int T, const char* op) {
   for (int i = 0; i < B * T; ++i) {
-    if (tokens[i] < 0) {
-      throw InputError(std::string(op) + ": token " + std::to_string(tokens[i]) + " at position " +
-                       std::to_string(i) + " is negative; expected an id in [0, vocab)");
-    }
+    KD_REQUIRE(tokens[i] >= 0, std::string(op) + ": token " + std::to_string(tokens[i]) +
+                                   " at position " + std::to_string(i) +
+                                   " is negative; expected an id in [0, vocab)");
   }
 }
 

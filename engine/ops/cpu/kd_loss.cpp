@@ -292,27 +292,21 @@ KD_SIMD_CLONES RowSums fast_row(float* dz, const float* z, const float* t, int t
 void check_inputs(const float* logits, const float* teacher, int Vt, const int32_t* targets, int N,
                   int V, const LossConfig& cfg) {
   const std::string where = "kd_loss: ";
-  if (N < 0) throw InputError(where + "row count N must be >= 0, got " + std::to_string(N));
+  KD_REQUIRE(N >= 0, where + "row count N must be >= 0, got " + std::to_string(N));
   if (N == 0) return;
-  if (V <= 0) throw InputError(where + "vocabulary size V must be > 0, got " + std::to_string(V));
-  if (!logits || !targets) throw InputError(where + "logits and targets must not be null");
-  if (teacher && Vt < V) {
-    throw InputError(where + "teacher row stride Vt must be >= V = " + std::to_string(V) +
-                     ", got " + std::to_string(Vt));
-  }
-  if (!(cfg.temperature > 0.0f) || !std::isfinite(cfg.temperature)) {
-    throw InputError(where + "temperature must be a finite number > 0, got " +
-                     std::to_string(cfg.temperature));
-  }
-  if (cfg.divergence == Divergence::JSD && !(cfg.beta >= 0.0f && cfg.beta <= 1.0f)) {
-    throw InputError(where + "JSD beta must be in [0, 1], got " + std::to_string(cfg.beta));
-  }
+  KD_REQUIRE(V > 0, where + "vocabulary size V must be > 0, got " + std::to_string(V));
+  KD_REQUIRE(logits && targets, where + "logits and targets must not be null");
+  KD_REQUIRE(!teacher || Vt >= V, where + "teacher row stride Vt must be >= V = " +
+                                      std::to_string(V) + ", got " + std::to_string(Vt));
+  KD_REQUIRE(
+      cfg.temperature > 0.0f && std::isfinite(cfg.temperature),
+      where + "temperature must be a finite number > 0, got " + std::to_string(cfg.temperature));
+  KD_REQUIRE(cfg.divergence != Divergence::JSD || (cfg.beta >= 0.0f && cfg.beta <= 1.0f),
+             where + "JSD beta must be in [0, 1], got " + std::to_string(cfg.beta));
   for (int n = 0; n < N; ++n) {
-    if (targets[n] >= V) {
-      throw InputError(where + "target " + std::to_string(targets[n]) + " at row " +
-                       std::to_string(n) + " is outside the vocabulary [0, " + std::to_string(V) +
-                       ")");
-    }
+    KD_REQUIRE(targets[n] < V, where + "target " + std::to_string(targets[n]) + " at row " +
+                                   std::to_string(n) + " is outside the vocabulary [0, " +
+                                   std::to_string(V) + ")");
   }
 }
 

@@ -38,11 +38,10 @@ double global_norm(const float* grads, size_t n) {
 void adamw_update(float* params, const float* grads, float* m, float* v,
                   std::span<const ParamSpan> spans, const AdamWConfig& cfg, int t,
                   float grad_scale) {
-  if (t < 1) throw InputError("adamw_update: step t must be >= 1, got " + std::to_string(t));
-  if (!(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f) || !(cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f)) {
-    throw InputError("adamw_update: beta1 and beta2 must be in [0, 1), got " +
-                     std::to_string(cfg.beta1) + " and " + std::to_string(cfg.beta2));
-  }
+  KD_REQUIRE(t >= 1, "adamw_update: step t must be >= 1, got " + std::to_string(t));
+  KD_REQUIRE(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f && cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f,
+             "adamw_update: beta1 and beta2 must be in [0, 1), got " + std::to_string(cfg.beta1) +
+                 " and " + std::to_string(cfg.beta2));
   size_t total = 0;
   for (const ParamSpan& sp : spans) total += sp.size;
   // The same scalars as torch.optim.AdamW (single-tensor path), in the same order.

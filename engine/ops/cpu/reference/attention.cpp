@@ -17,10 +17,9 @@ namespace kd::cpu::ref {
 namespace {
 
 void check_heads(int C, int NH, const char* op) {
-  if (NH <= 0 || C % NH != 0) {
-    throw InputError(std::string(op) + ": channels C=" + std::to_string(C) +
-                     " must be a positive multiple of the head count NH=" + std::to_string(NH));
-  }
+  KD_REQUIRE(NH > 0 && C % NH == 0,
+             std::string(op) + ": channels C=" + std::to_string(C) +
+                 " must be a positive multiple of the head count NH=" + std::to_string(NH));
 }
 
 }  // namespace

@@ -1,0 +1,325 @@
+// Data-parallel training over MPI (docs/distributed.md), run as a user runs it: `mpirun -np 2
+// kdengine train`, CPU ranks with one thread each. Skipped when mpirun is not installed.
+//
+// What must hold: 2 ranks with grad_accum A give the loss curve and final weights of 1 rank with
+// grad_accum 2A (the same global batch, the same sequences); 2 ranks are bitwise reproducible; a
+// run saved at 2 ranks resumes at 1 and one saved at 1 at 2; different recipes on the ranks are
+// refused; a killed rank ends the job within a bounded time and the last checkpoint stays loadable.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/base/json.h"
+#include "engine/base/rng.h"
+#include "model/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kBin = KD_KDENGINE_BIN;
+
+struct Result {
+  int status = -1;
+  std::string output;
+};
+
+Result sh(const std::string& cmd) {
+  Result r;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+bool have_mpirun() {
+  return sh("command -v mpirun").status == 0;
+}
+
+// mpirun as root needs its consent variables; --oversubscribe lets 2 ranks share fewer cores.
+// `timeout` bounds every launch so a hang fails the test instead of stalling the suite.
+std::string mpirun(int np) {
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
+         "mpirun -np " +
+         std::to_string(np) + " --oversubscribe -x OMP_NUM_THREADS ";
+}
+
+std::string bytes_of(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::vector<double> losses(const fs::path& log) {
+  std::vector<double> v;
+  std::ifstream f(log);
+  std::string line;
+  while (std::getline(f, line)) {
+    kd::Json j = kd::Json::parse(line);
+    if (const kd::Json* l = j.find("loss")) v.push_back(l->as_number());
+  }
+  return v;
+}
+
+class DistributedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#ifdef KD_BUILT_WITHOUT_MPI
+    GTEST_SKIP() << "kdengine is built without MPI (KD_MPI=OFF or no MPI found)";
+#endif
+    if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+    dir_ =
+        fs::temp_directory_path() /
+        ("kd_dist_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+         "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::string text;
+    kd::Rng rng(7);
+    const char* words[] = {"alpha ", "beta ", "gamma ", "delta\n", "epsilon, ", "zeta. "};
+    while (text.size() < 40000) text += words[rng.below(6)];
+    std::ofstream(dir_ / "corpus.txt") << text;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  // A small student; with_teacher adds a teacher (trained here once, single process) and KD.
+  fs::path recipe(const std::string& name, const std::string& extra = "") {
+    const fs::path p = dir_ / (name + ".toml");
+    std::ofstream(p) << "[run]\nname = \"t\"\nout_dir = \"" << (dir_ / "out").string()
+                     << "\"\ndevice = \"cpu\"\nseed = 3\nthreads = 1\n\n[data]\ntrain = \"corpus.txt\"\n\n"
+                        "[student]\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 16\n\n"
+                        "[train]\nmicro_batch = 2\nseq_len = 16\nmax_steps = 6\neval_every = 0\n"
+                        "eval_batches = 1\n\n[log]\nevery = 1\n"
+                     << extra;
+    return p;
+  }
+  fs::path teacher() {
+    const fs::path t = dir_ / "teacher";
+    Result r = sh(kBin + " train " + recipe("teacher").string() + " --set run.out_dir='\"" +
+                  t.string() + "\"' --set run.seed=11 --set train.max_steps=3");
+    EXPECT_EQ(r.status, 0) << r.output;
+    return t / "final";
+  }
+  std::string kd_extra(const fs::path& teacher_ckpt) {
+    return "\n[teacher]\ncheckpoint = \"" + teacher_ckpt.string() +
+           "\"\n\n[loss]\nce_weight = 0.5\nkd_weight = 0.5\ntemperature = 2.0\n";
+  }
+  // Runs `np` ranks (np = 0: a plain process, no mpirun) into dir_/out_name.
+  Result train(int np, const fs::path& rec, const std::string& out_name,
+               const std::string& sets = "") {
+    const std::string cmd = (np == 0 ? "" : mpirun(np)) + kBin + " train " + rec.string() +
+                            " --set run.out_dir='\"" + (dir_ / out_name).string() + "\"' " + sets;
+    return sh(cmd);
+  }
+  void resume_across(int before, int after);
+  fs::path dir_;
+};
+
+// Same global batch (micro_batch 2 x grad_accum 2 x 1 rank = 2 x 1 x 2 ranks), same sequences.
+// The gradients differ only in fp32 summation order: one rank adds micro-batch 1's backward into
+// the buffer that already holds micro-batch 0's, two ranks sum two separate buffers. That is about
+// one ulp per gradient element per step (the loss sums are doubles: ~1e-8 relative in the logged
+// loss). AdamW divides by sqrt(v), so tiny gradient differences become weight differences of a few
+// ulps of lr-sized updates: measured 4e-7 to 7e-7 of max |w| after 6 steps (up to 1e-6 in the
+// resume tests below), so 1e-5 relative leaves a 10x margin. A sampling or normalisation mistake (another
+// sequence, a per-rank token count) moves the loss by 1e-2 or more and fails this.
+TEST_F(DistributedTest, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
+  const fs::path rec = recipe("kd", kd_extra(teacher()));
+  Result one = train(0, rec, "one", "--set train.grad_accum=2");
+  ASSERT_EQ(one.status, 0) << one.output;
+  Result two = train(2, rec, "two", "--set train.grad_accum=1");
+  ASSERT_EQ(two.status, 0) << two.output;
+  EXPECT_NE(two.output.find("data parallel: 2 ranks"), std::string::npos) << two.output;
+  // rank 0 alone prints: one "done:" line
+  EXPECT_EQ(std::count(two.output.begin(), two.output.end(), '\n'),
+            std::count(one.output.begin(), one.output.end(), '\n') + 1)
+      << two.output;
+
+  const std::vector<double> l1 = losses(dir_ / "one" / "log.jsonl");
+  const std::vector<double> l2 = losses(dir_ / "two" / "log.jsonl");
+  ASSERT_EQ(l1.size(), 6u);
+  ASSERT_EQ(l2.size(), 6u);
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-5 * l1[i]) << "step " << i;
+
+  const kd::GPT2 a = kd::load_model((dir_ / "one" / "final").string());
+  const kd::GPT2 b = kd::load_model((dir_ / "two" / "final").string());
+  ASSERT_EQ(a.params.size(), b.params.size());
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(a.params[i] - b.params[i])));
+    max_abs = std::max(max_abs, double(std::fabs(a.params[i])));
+  }
+  std::printf("max |w(1 rank) - w(2 ranks)| = %.3g, relative to max |w| %.3g\n", max_diff,
+              max_diff / max_abs);
+  for (size_t i = 0; i < l1.size(); ++i)
+    std::printf("step %zu loss: 1 rank %.9f, 2 ranks %.9f\n", i + 1, l1[i], l2[i]);
+  EXPECT_LE(max_diff, 1e-5 * max_abs) << "max |w1 - w2| = " << max_diff;
+  // and training moved the weights far beyond that tolerance, so the comparison means something
+  const kd::GPT2 start = [&] {
+    kd::GPT2 g(a.config());
+    g.init_random(3);
+    return g;
+  }();
+  double moved = 0;
+  for (size_t i = 0; i < a.params.size(); ++i)
+    moved = std::max(moved, double(std::fabs(a.params[i] - start.params[i])));
+  EXPECT_GT(moved, 100 * 1e-5 * max_abs);
+}
+
+TEST_F(DistributedTest, TwoRanksAreBitwiseReproducible) {
+  const fs::path rec = recipe("r");
+  for (const char* o : {"a", "b"}) {
+    Result r = train(2, rec, o);
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    const std::string x = bytes_of(dir_ / "a" / "final" / f),
+                      y = bytes_of(dir_ / "b" / "final" / f);
+    EXPECT_FALSE(x.empty());
+    EXPECT_TRUE(x == y) << f << " differs between two identical 2-rank runs";
+  }
+  EXPECT_EQ(losses(dir_ / "a" / "log.jsonl"), losses(dir_ / "b" / "log.jsonl"));
+}
+
+// Compares `resumed` with `straight` (loss curves and final weights, the tolerance of the test
+// above).
+void expect_same_run(const fs::path& straight, const fs::path& resumed) {
+  const std::vector<double> ls = losses(straight / "log.jsonl");
+  const std::vector<double> lr = losses(resumed / "log.jsonl");
+  ASSERT_EQ(ls.size(), 6u);
+  ASSERT_EQ(lr.size(), 6u);
+  for (size_t i = 0; i < ls.size(); ++i) EXPECT_NEAR(lr[i], ls[i], 1e-5 * ls[i]) << "step " << i;
+  const kd::GPT2 a = kd::load_model((straight / "final").string());
+  const kd::GPT2 b = kd::load_model((resumed / "final").string());
+  ASSERT_EQ(a.params.size(), b.params.size());
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(a.params[i] - b.params[i])));
+    max_abs = std::max(max_abs, double(std::fabs(a.params[i])));
+  }
+  std::printf("max |w(straight) - w(resumed)| = %.3g, relative to max |w| %.3g\n", max_diff,
+              max_diff / max_abs);
+  EXPECT_LE(max_diff, 1e-5 * max_abs);
+}
+
+// 3 steps at `before` ranks, then 3 more at `after` ranks (np 0: a plain process), the global batch
+// kept at 4 sequences by grad_accum, against 6 steps of one plain process. The first run goes all 6
+// steps with a checkpoint at step 3 and the later one is removed, as if the job had stopped there
+// (max_steps stays 6: the learning-rate schedule depends on it).
+void DistributedTest::resume_across(int before, int after) {
+  const fs::path rec = recipe("r", "\n[checkpoint]\nresume = true\n");
+  auto accum = [](int np) { return " --set train.grad_accum=" + std::to_string(np == 2 ? 1 : 2); };
+  Result straight = train(0, rec, "straight", accum(0));
+  ASSERT_EQ(straight.status, 0) << straight.output;
+  Result first = train(before, rec, "resumed",
+                       accum(before) + " --set checkpoint.every=3 --set checkpoint.keep_last=2");
+  ASSERT_EQ(first.status, 0) << first.output;
+  ASSERT_TRUE(fs::exists(dir_ / "resumed" / "step_000003" / "trainer_state.json"));
+  fs::remove_all(dir_ / "resumed" / "step_000006");
+  fs::remove_all(dir_ / "resumed" / "final");
+  Result second = train(after, rec, "resumed", accum(after));
+  ASSERT_EQ(second.status, 0) << second.output;
+  EXPECT_NE(second.output.find("resume: from"), std::string::npos) << second.output;
+  expect_same_run(dir_ / "straight", dir_ / "resumed");
+}
+
+TEST_F(DistributedTest, ResumeFromTwoRanksToOne) {
+  resume_across(2, 0);
+}
+TEST_F(DistributedTest, ResumeFromOneRankToTwo) {
+  resume_across(0, 2);
+}
+
+// Rank 0's profile shows the time of the collectives as their own phase.
+TEST_F(DistributedTest, ProfilerShowsTheCommunication) {
+  const fs::path rec =
+      recipe("p", "\n[profile]\nenabled = true\nwait = 1\nwarmup = 1\nactive = 2\n");
+  Result r = train(2, rec, "p");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const kd::Json prof = kd::Json::parse(bytes_of(dir_ / "p" / "profile.json"));
+  const std::string text = prof.dump();
+  EXPECT_NE(text.find("\"comm_grads\""), std::string::npos) << text.substr(0, 2000);
+  EXPECT_NE(text.find("\"comm\""), std::string::npos) << text.substr(0, 2000);
+}
+
+TEST_F(DistributedTest, DifferentRecipesOnTheRanksAreRefused) {
+  const fs::path rec = recipe("r");
+  const std::string out = " --set run.out_dir='\"" + (dir_ / "o").string() + "\"'";
+  Result r =
+      sh("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun "
+         "--oversubscribe -np 1 " +
+         kBin + " train " + rec.string() + out + " : -np 1 " + kBin + " train " + rec.string() +
+         out + " --set optim.lr=0.5");
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.status, 124) << "timed out: " << r.output;
+  EXPECT_NE(r.output.find("rank 1 runs a different recipe than rank 0"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "o" / "final"));
+}
+
+// The pid of the kdengine process that is rank `rank` of a job whose command line mentions `tag`.
+int find_rank_pid(const std::string& tag, int rank) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd = bytes_of(e.path() / "cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(kBin) != 0 || cmd.find(tag) == std::string::npos) continue;
+    std::string env = bytes_of(e.path() / "environ");
+    std::replace(env.begin(), env.end(), '\0', '\n');
+    if (env.find("\nOMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n") != std::string::npos)
+      return std::stoi(name);
+  }
+  return -1;
+}
+
+// Rank 1 is killed mid-run while rank 0 waits in an all-reduce: the launcher must end the job
+// (non-zero, well before the 120 s timeout), and the last checkpoint rank 0 wrote stays loadable.
+TEST_F(DistributedTest, AKilledRankEndsTheJob) {
+  const fs::path rec = recipe("kill");
+  Result r;
+  std::thread job(
+      [&] { r = train(2, rec, "k", "--set train.max_steps=1000000 --set checkpoint.every=2"); });
+  const fs::path ck = dir_ / "k" / "step_000002" / "trainer_state.json";
+  const auto t0 = std::chrono::steady_clock::now();
+  int pid = -1;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    if (fs::exists(ck) && (pid = find_rank_pid(rec.string(), 1)) > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GT(pid, 0) << "rank 1 not found running";
+  const auto killed = std::chrono::steady_clock::now();
+  ::kill(pid, SIGKILL);
+  job.join();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.status, 124) << "the job hung until the timeout: " << r.output;
+  EXPECT_LT(secs, 30.0) << r.output;
+  const std::string last = dir_ / "k" / "final";
+  const kd::GPT2 g = kd::load_model(last);  // the newest complete checkpoint loads
+  EXPECT_GT(g.params.size(), 0u);
+}
+
+}  // namespace
