@@ -43,8 +43,8 @@ void BM_KdLoss(benchmark::State& state) {
   kd::LossConfig cfg;
   cfg.kd_weight = 1.0f;
   cfg.temperature = 2.0f;
-  const kd::Divergence divs[] = {kd::Divergence::ForwardKL,
-                                      kd::Divergence::ReverseKL, kd::Divergence::JSD};
+  const kd::Divergence divs[] = {kd::Divergence::ForwardKL, kd::Divergence::ReverseKL,
+                                 kd::Divergence::JSD};
   cfg.divergence = divs[which % 3];
   const float* t = which == 3 ? nullptr : teacher.data();
 

@@ -164,9 +164,9 @@ void global_norm(float* norm, float* scale, const float* grads, size_t n, float 
 }
 
 void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
-                  const kd::ParamSpan* spans, int num_spans, size_t n,
-                  const kd::AdamWConfig& cfg, int t, float grad_scale,
-                  const float* grad_scale_dev, AdamWRounding rounding, cudaStream_t s) {
+                  const kd::ParamSpan* spans, int num_spans, size_t n, const kd::AdamWConfig& cfg,
+                  int t, float grad_scale, const float* grad_scale_dev, AdamWRounding rounding,
+                  cudaStream_t s) {
   KD_REQUIRE(t >= 1, "adamw_update (cuda): step t must be >= 1, got " + std::to_string(t));
   KD_REQUIRE(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f && cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f,
              "adamw_update (cuda): beta1 and beta2 must be in [0, 1), got " +

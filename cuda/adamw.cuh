@@ -32,8 +32,8 @@ struct AdamWRounding {
 // *grad_scale_dev when that pointer is non-null (e.g. the scale from global_norm), else by
 // grad_scale. t is the 1-based step. Throws kd::ContractError on t < 1 or betas outside [0, 1).
 void adamw_update(bf16* params, float* master, const float* grads, float* m, float* v,
-                  const kd::ParamSpan* spans, int num_spans, size_t n,
-                  const kd::AdamWConfig& cfg, int t, float grad_scale,
-                  const float* grad_scale_dev, AdamWRounding rounding, cudaStream_t s);
+                  const kd::ParamSpan* spans, int num_spans, size_t n, const kd::AdamWConfig& cfg,
+                  int t, float grad_scale, const float* grad_scale_dev, AdamWRounding rounding,
+                  cudaStream_t s);
 
 }  // namespace kd::cuda

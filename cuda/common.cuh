@@ -20,8 +20,8 @@ using bf16 = __nv_bfloat16;
 
 // ---- the CUDA error check ----------------------------------------------------------------------
 // KD_CUDA_CHECK(call) is the one check for every CUDA runtime and cuBLASLt call: `call` returns a
-// cudaError_t or a cublasStatus_t; anything but success throws kd::CudaError (engine/base/error.h) with
-// FILE:LINE, the call's text and the error's name and description. A launch is checked with
+// cudaError_t or a cublasStatus_t; anything but success throws kd::CudaError (engine/base/error.h)
+// with FILE:LINE, the call's text and the error's name and description. A launch is checked with
 // KD_CUDA_CHECK(cudaGetLastError()) right after it (configuration errors); errors while a kernel
 // runs surface at the next synchronising call, which is checked the same way.
 #define KD_CUDA_CHECK(call) \

@@ -297,9 +297,9 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 }  // namespace
 
-void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* teacher,
-             int Vt, const int32_t* targets, int N, int V, const kd::LossConfig& cfg,
-             float inv_norm, cudaStream_t s) {
+void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* teacher, int Vt,
+             const int32_t* targets, int N, int V, const kd::LossConfig& cfg, float inv_norm,
+             cudaStream_t s) {
   const std::string where = "kd_loss (cuda): ";
   KD_REQUIRE(N >= 0, where + "row count N must be >= 0, got " + std::to_string(N));
   if (N == 0) return;
@@ -318,9 +318,9 @@ void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* 
   if (teacher != nullptr) {
     mode = cfg.divergence == kd::Divergence::ForwardKL   ? kForwardKL
            : cfg.divergence == kd::Divergence::ReverseKL ? kReverseKL
-           : cfg.beta == 0.0f                                 ? kForwardKL
-           : cfg.beta == 1.0f                                 ? kReverseKL
-                                                              : kJSD;
+           : cfg.beta == 0.0f                            ? kForwardKL
+           : cfg.beta == 1.0f                            ? kReverseKL
+                                                         : kJSD;
   }
   const float scale = cfg.t2_scaling ? cfg.temperature * cfg.temperature : 1.0f;
   Params P;

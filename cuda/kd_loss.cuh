@@ -15,8 +15,8 @@ namespace kd::cuda {
 // LossSums that the call ADDS into (as the CPU twin), or null. Enqueued on s without host
 // synchronisation; uses 24 * N bytes of stream-ordered scratch. Throws kd::ContractError on an
 // invalid cfg, V or Vt.
-void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* teacher,
-             int Vt, const int32_t* targets, int N, int V, const kd::LossConfig& cfg,
-             float inv_norm, cudaStream_t s);
+void kd_loss(bf16* dlogits, kd::LossSums* sums, const bf16* logits, const bf16* teacher, int Vt,
+             const int32_t* targets, int N, int V, const kd::LossConfig& cfg, float inv_norm,
+             cudaStream_t s);
 
 }  // namespace kd::cuda

@@ -15,8 +15,8 @@
 #include <utility>
 #include <vector>
 
-#include "engine/ops/cpu/ops.h"
 #include "engine/base/error.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/grad_check.h"
 
 namespace {

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/io/data.h"
 #include "engine/base/error.h"
+#include "engine/io/data.h"
 #include "engine/io/tokenizer.h"
 
 namespace fs = std::filesystem;

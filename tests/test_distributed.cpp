@@ -106,12 +106,13 @@ class DistributedTest : public ::testing::Test {
   // A small student; with_teacher adds a teacher (trained here once, single process) and KD.
   fs::path recipe(const std::string& name, const std::string& extra = "") {
     const fs::path p = dir_ / (name + ".toml");
-    std::ofstream(p) << "[run]\nname = \"t\"\nout_dir = \"" << (dir_ / "out").string()
-                     << "\"\ndevice = \"cpu\"\nseed = 3\nthreads = 1\n\n[data]\ntrain = \"corpus.txt\"\n\n"
-                        "[student]\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 16\n\n"
-                        "[train]\nmicro_batch = 2\nseq_len = 16\nmax_steps = 6\neval_every = 0\n"
-                        "eval_batches = 1\n\n[log]\nevery = 1\n"
-                     << extra;
+    std::ofstream(p)
+        << "[run]\nname = \"t\"\nout_dir = \"" << (dir_ / "out").string()
+        << "\"\ndevice = \"cpu\"\nseed = 3\nthreads = 1\n\n[data]\ntrain = \"corpus.txt\"\n\n"
+           "[student]\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 16\n\n"
+           "[train]\nmicro_batch = 2\nseq_len = 16\nmax_steps = 6\neval_every = 0\n"
+           "eval_batches = 1\n\n[log]\nevery = 1\n"
+        << extra;
     return p;
   }
   fs::path teacher() {
@@ -142,8 +143,8 @@ class DistributedTest : public ::testing::Test {
 // one ulp per gradient element per step (the loss sums are doubles: ~1e-8 relative in the logged
 // loss). AdamW divides by sqrt(v), so tiny gradient differences become weight differences of a few
 // ulps of lr-sized updates: measured 4e-7 to 7e-7 of max |w| after 6 steps (up to 1e-6 in the
-// resume tests below), so 1e-5 relative leaves a 10x margin. A sampling or normalisation mistake (another
-// sequence, a per-rank token count) moves the loss by 1e-2 or more and fails this.
+// resume tests below), so 1e-5 relative leaves a 10x margin. A sampling or normalisation mistake
+// (another sequence, a per-rank token count) moves the loss by 1e-2 or more and fails this.
 TEST_F(DistributedTest, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   const fs::path rec = recipe("kd", kd_extra(teacher()));
   Result one = train(0, rec, "one", "--set train.grad_accum=2");

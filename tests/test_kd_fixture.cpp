@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/ops/cpu/ops.h"
 #include "engine/base/json.h"
 #include "engine/io/safetensors.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/fixture_util.h"
 
 namespace {

@@ -1,6 +1,6 @@
-// The fused distillation loss kd_loss (engine/ops/cpu/ops.h) against an independent double-precision
-// reference written here from the textbook formulas (softmax, logs, KL sums), and its gradient
-// against central finite differences of that reference.
+// The fused distillation loss kd_loss (engine/ops/cpu/ops.h) against an independent
+// double-precision reference written here from the textbook formulas (softmax, logs, KL sums), and
+// its gradient against central finite differences of that reference.
 //
 // Tolerances:
 // - kLossTol = 1e-5 relative: fp32 log-probabilities carry ~1e-6 absolute error for logits of scale
@@ -17,16 +17,16 @@
 #include <random>
 #include <vector>
 
-#include "engine/ops/cpu/ops.h"
 #include "engine/base/error.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/grad_check.h"
 
 namespace {
 
 using kd::Divergence;
-using kd::cpu::kd_loss;
 using kd::LossConfig;
 using kd::LossSums;
+using kd::cpu::kd_loss;
 using kd::test::rel_err;
 
 constexpr double kLossTol = 1e-5;

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/ops/cpu/ops.h"
 #include "engine/base/rng.h"
+#include "engine/ops/cpu/ops.h"
 #include "model/gpt2.h"
 
 namespace {

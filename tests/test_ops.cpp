@@ -20,8 +20,8 @@
 #include <random>
 #include <vector>
 
-#include "engine/ops/cpu/ops.h"
 #include "engine/base/error.h"
+#include "engine/ops/cpu/ops.h"
 #include "tests/grad_check.h"
 
 namespace {
@@ -357,8 +357,7 @@ TEST_P(MatmulTest, NullBiasAndNullGradientsAreSkipped) {
   EXPECT_EQ(db_only, db);
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, MatmulTest,
-                         testing::Values(kd::Layout::InOut, kd::Layout::OutIn),
+INSTANTIATE_TEST_SUITE_P(Layouts, MatmulTest, testing::Values(kd::Layout::InOut, kd::Layout::OutIn),
                          [](const testing::TestParamInfo<kd::Layout>& info) {
                            return info.param == kd::Layout::InOut ? "InOut" : "OutIn";
                          });

@@ -221,7 +221,7 @@ void BM_kd_loss(benchmark::State& state) {
   });
   state.SetLabel(div == kd::Divergence::ForwardKL   ? "forward KL"
                  : div == kd::Divergence::ReverseKL ? "reverse KL"
-                                                         : "JSD(0.5)");
+                                                    : "JSD(0.5)");
 }
 
 constexpr size_t kParams = 124439808;  // GPT-2 124M

@@ -13,8 +13,8 @@
 
 namespace {
 
-using kd::bench::Buffer;
 using kd::Layout;
+using kd::bench::Buffer;
 using kd::cuda::bf16;
 
 // TFLOP/s of the 8192^3 bf16 product (best of 10 after warm-up); 0 without a GPU.

@@ -1,6 +1,6 @@
-// End-to-end training throughput on the GPU: whole optimizer steps of engine/train/cuda_backend.h (data
-// upload, teacher forward, student forward, fused KD loss, backward, global norm, AdamW, the one
-// host sync).
+// End-to-end training throughput on the GPU: whole optimizer steps of engine/train/cuda_backend.h
+// (data upload, teacher forward, student forward, fused KD loss, backward, global norm, AdamW, the
+// one host sync).
 //
 // Configurations (B = 16 sequences of T = 1024 tokens, grad_accum 1, GPT-2's vocabulary of 50257):
 //   pretrain_124m         GPT-2 124M (12 layers, 768 dims) on plain CE, no teacher

@@ -1,5 +1,5 @@
-// The exception policy's last step (see engine/base/error.h): the message and exit status of an error
-// that reached the command line.
+// The exception policy's last step (see engine/base/error.h): the message and exit status of an
+// error that reached the command line.
 #include "engine/base/error.h"
 
 #include <exception>

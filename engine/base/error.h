@@ -52,8 +52,8 @@ namespace detail {
 static constexpr std::string_view kErrorHeader = __FILE__;
 
 // `file` (a __FILE__) relative to the source tree: the tree's root is kErrorHeader without its
-// "engine/base/error.h", spelled the same way as the file's path in the same translation unit. A file
-// outside the tree, or spelled another way, is returned whole.
+// "engine/base/error.h", spelled the same way as the file's path in the same translation unit. A
+// file outside the tree, or spelled another way, is returned whole.
 inline std::string source_path(const char* file, std::string_view error_header) {
   constexpr std::string_view kSelf = "engine/base/error.h";
   const std::string_view f(file);

@@ -1,9 +1,9 @@
 // The built-in profiler: per-op times, FLOP and byte rates, a Chrome trace and a memory report for
 // a short window of optimizer steps.
 //
-// Ranges come from KD_RANGE / KD_RANGE_P / KD_OP (engine/base/trace.h): the same names Nsight Systems
-// shows as NVTX ranges. The profiler only records between step_begin(s) and step_end(s) of steps
-// inside the window; outside it a range costs one relaxed atomic load.
+// Ranges come from KD_RANGE / KD_RANGE_P / KD_OP (engine/base/trace.h): the same names Nsight
+// Systems shows as NVTX ranges. The profiler only records between step_begin(s) and step_end(s) of
+// steps inside the window; outside it a range costs one relaxed atomic load.
 //
 // Window (counted in step_begin calls after configure, like torch.profiler's schedule):
 //   wait steps      nothing recorded

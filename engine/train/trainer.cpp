@@ -26,10 +26,10 @@
 #include "engine/io/tokenizer.h"
 #include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
+#include "engine/train/comm.h"
 #include "engine/train/run_dir.h"
 #include "engine/train/student_init.h"
 #include "engine/train/train_log.h"
-#include "engine/train/comm.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_tokenizer.h"
 
@@ -670,7 +670,7 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  teacher scratch    " << mib(p.teacher_scratch) << "\n";
   out << "  loss workspace     " << mib(p.loss_workspace)
       << (p.device.rfind("cpu", 0) == 0 ? "  (one chunk of both models' logits)\n"
-                                         : "  (teacher logits of one micro-batch)\n");
+                                        : "  (teacher logits of one micro-batch)\n");
   out << "  other              " << mib(p.other) << "  (the step's tokens and targets)\n";
   out << "  total              " << mib(p.total()) << "\n";
 }

@@ -5,8 +5,9 @@
 //
 // out_dir holds: step_NNNNNN/ checkpoints (model.safetensors + config.json loadable by HF
 // transformers, optimizer.safetensors, trainer_state.json, the tokenizer's files: see
-// docs/checkpoints.md), `final` (a directory of hard links to the last checkpoint's files), log.jsonl (one JSON object per logged step and per evaluation), TensorBoard
-// event files under tb/, and the profiler's profile.json and trace.json when [profile] is enabled.
+// docs/checkpoints.md), `final` (a directory of hard links to the last checkpoint's files),
+// log.jsonl (one JSON object per logged step and per evaluation), TensorBoard event files under
+// tb/, and the profiler's profile.json and trace.json when [profile] is enabled.
 #pragma once
 
 #include <atomic>

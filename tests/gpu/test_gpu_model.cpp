@@ -28,13 +28,13 @@
 
 namespace {
 
-using kd::StepResult;
+using kd::AdamWConfig;
 using kd::CudaBackend;
 using kd::GPT2;
 using kd::GPT2Config;
-using kd::AdamWConfig;
 using kd::LossConfig;
 using kd::LossSums;
+using kd::StepResult;
 
 constexpr int kB = 2, kT = 64, kA = 2;
 

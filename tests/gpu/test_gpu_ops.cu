@@ -1,7 +1,7 @@
-// GPU kernels of the elementwise and normalisation ops against their CPU twins (engine/ops/cpu/ops.h):
-// encoder, LayerNorm (and the fused residual + LayerNorm), GELU, residual. Inputs are random,
-// rounded to bf16 first and fed to the CPU twin as floats; outputs are poisoned with NaN before
-// each kernel; tolerances are in tests/gpu/gpu_test_util.h.
+// GPU kernels of the elementwise and normalisation ops against their CPU twins
+// (engine/ops/cpu/ops.h): encoder, LayerNorm (and the fused residual + LayerNorm), GELU, residual.
+// Inputs are random, rounded to bf16 first and fed to the CPU twin as floats; outputs are poisoned
+// with NaN before each kernel; tolerances are in tests/gpu/gpu_test_util.h.
 #include <gtest/gtest.h>
 
 #include <cstdint>

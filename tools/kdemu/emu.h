@@ -7,10 +7,10 @@
 // storage. The CUDA runtime and cuBLASLt functions the project calls are implemented by
 // tools/kdemu/*.cpp on host memory, so the emulated binaries link no NVIDIA library.
 //
-// Execution model (tools/kdemu/emu.cpp): the blocks of a grid run one after another; the threads of a
-// block are fibers (own stacks, switched without system calls) on one OS thread. Between two block
-// barriers the warps run one at a time, in an order drawn afresh each time, each until all its
-// lanes wait at the barrier or have ended; inside a warp the lanes run in random order between
+// Execution model (tools/kdemu/emu.cpp): the blocks of a grid run one after another; the threads of
+// a block are fibers (own stacks, switched without system calls) on one OS thread. Between two
+// block barriers the warps run one at a time, in an order drawn afresh each time, each until all
+// its lanes wait at the barrier or have ended; inside a warp the lanes run in random order between
 // warp-collectives (shuffles, __syncwarp, ldmatrix, mma). One warp can therefore finish a whole
 // barrier interval before another starts it, and a missing __syncthreads changes the results
 // instead of passing by luck of ordering (tools/kdemu/test_emu.cu shows it). It also checks:
