@@ -25,6 +25,7 @@
 
 #include "engine/base/json.h"
 #include "engine/base/rng.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -302,14 +303,21 @@ TEST_F(DistributedTest, AKilledRankEndsTheJob) {
   Result r;
   std::thread job(
       [&] { r = train(2, rec, "k", "--set train.max_steps=1000000 --set checkpoint.every=2"); });
-  const fs::path ck = dir_ / "k" / "step_000002" / "trainer_state.json";
+  // Any complete checkpoint will do (keep_last prunes the early ones within milliseconds).
   const auto t0 = std::chrono::steady_clock::now();
   int pid = -1;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
-    if (fs::exists(ck) && (pid = find_rank_pid(rec.string(), 1)) > 0) break;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(90)) {
+    if (!kd::latest_checkpoint((dir_ / "k").string()).empty() &&
+        (pid = find_rank_pid(rec.string(), 1)) > 0)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ASSERT_GT(pid, 0) << "rank 1 not found running";
+  if (pid <= 0) {  // end the job so that its thread can be joined, then fail
+    const int p0 = find_rank_pid(rec.string(), 0);
+    if (p0 > 0) ::kill(p0, SIGKILL);
+    job.join();
+    FAIL() << "rank 1 not found running after a checkpoint: " << r.output;
+  }
   const auto killed = std::chrono::steady_clock::now();
   ::kill(pid, SIGKILL);
   job.join();
