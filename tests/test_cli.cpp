@@ -20,6 +20,7 @@
 
 #include "engine/base/rng.h"
 #include "model/checkpoint.h"
+#include "tests/shell_util.h"
 
 namespace fs = std::filesystem;
 
@@ -27,22 +28,10 @@ namespace {
 
 const std::string kBin = KD_KDENGINE_BIN;
 
-struct Result {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
+using kd::testing::Result;
 
 Result run(const std::string& args) {
-  Result r;
-  const std::string cmd = kBin + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  return kd::testing::sh(kBin + " " + args);
 }
 
 class CliTest : public ::testing::Test {

@@ -27,6 +27,7 @@
 #include "engine/base/rng.h"
 #include "engine/train/trainer.h"
 #include "model/checkpoint.h"
+#include "tests/shell_util.h"
 
 namespace fs = std::filesystem;
 
@@ -34,22 +35,8 @@ namespace {
 
 const std::string kBin = KD_KDENGINE_BIN;
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result sh(const std::string& cmd) {
-  Result r;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using kd::testing::Result;
+using kd::testing::sh;
 
 bool have_mpirun() {
   return sh("command -v mpirun").status == 0;
