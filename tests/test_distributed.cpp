@@ -3,8 +3,10 @@
 //
 // What must hold: 2 ranks with grad_accum A give the loss curve and final weights of 1 rank with
 // grad_accum 2A (the same global batch, the same sequences); 2 ranks are bitwise reproducible; a
-// run saved at 2 ranks resumes at 1 and one saved at 1 at 2; different recipes on the ranks are
-// refused; a killed rank ends the job within a bounded time and the last checkpoint stays loadable.
+// run saved at 2 ranks resumes at 1 and one saved at 1 at 2; ZeRO-1 (the default with several
+// ranks: [distributed] shard_optimizer) agrees with unsharded training, and its checkpoints hold
+// the whole gathered moments; different recipes on the ranks are refused; a killed rank ends the
+// job within a bounded time and the last checkpoint stays loadable.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -25,6 +27,8 @@
 
 #include "engine/base/json.h"
 #include "engine/base/rng.h"
+#include "engine/io/safetensors.h"
+#include "engine/train/backend.h"
 #include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 #include "tests/shell_util.h"
@@ -66,6 +70,32 @@ std::vector<double> losses(const fs::path& log) {
     if (const kd::Json* l = j.find("loss")) v.push_back(l->as_number());
   }
   return v;
+}
+
+// The shard rule every backend uses (backend.h): ceil(n / ranks) rounded up to 16 floats; the
+// ranges tile [0, n) in rank order.
+TEST(ShardRule, CeilOverRanksRoundedUpToSixteenFloats) {
+  EXPECT_EQ(kd::shard_floats(100, 3), 48u);  // ceil(100 / 3) = 34 -> 48
+  EXPECT_EQ(kd::shard_floats(32, 2), 16u);
+  EXPECT_EQ(kd::shard_floats(33, 2), 32u);  // 17 -> 32
+  EXPECT_EQ(kd::shard_floats(5, 1), 16u);
+  EXPECT_EQ(kd::shard_range(20, 4, 1).begin, 16u);  // shard 16: [0,16) [16,20) [20,20) [20,20)
+  EXPECT_EQ(kd::shard_range(20, 4, 1).end, 20u);
+  EXPECT_EQ(kd::shard_range(20, 4, 3).size(), 0u);
+  for (size_t n : {1, 17, 100, 1000, 12345})
+    for (int ranks = 1; ranks <= 5; ++ranks) {
+      const size_t shard = kd::shard_floats(n, ranks);
+      EXPECT_EQ(shard % 16, 0u);
+      EXPECT_GE(shard * ranks, n);
+      size_t next = 0;
+      for (int r = 0; r < ranks; ++r) {
+        const kd::ShardRange s = kd::shard_range(n, ranks, r);
+        EXPECT_EQ(s.begin, next) << n << " " << ranks << " " << r;
+        EXPECT_LE(s.size(), shard);
+        next = s.end;
+      }
+      EXPECT_EQ(next, n);
+    }
 }
 
 class DistributedTest : public ::testing::Test {
@@ -191,6 +221,82 @@ TEST_F(DistributedTest, TwoRanksAreBitwiseReproducible) {
   EXPECT_EQ(losses(dir_ / "a" / "log.jsonl"), losses(dir_ / "b" / "log.jsonl"));
 }
 
+// Largest |a - b| relative to the largest |a|.
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, top = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
+    top = std::max(top, double(std::fabs(a[i])));
+  }
+  return top > 0 ? diff / top : diff;
+}
+
+// A checkpoint's AdamW moments, m then v, each in the parameter table's layout.
+std::pair<std::vector<float>, std::vector<float>> moments(const fs::path& ckpt) {
+  const kd::GPT2 g = kd::load_model(ckpt.string());
+  kd::SafetensorsFile f((ckpt / "optimizer.safetensors").string());
+  std::vector<float> m(g.params.size()), v(g.params.size());
+  for (const auto& p : g.table()) {
+    f.read_f32(*f.find("m." + p.name), m.data() + p.offset);
+    f.read_f32(*f.find("v." + p.name), v.data() + p.offset);
+  }
+  return {m, v};
+}
+
+// The optimizer-moment bytes the profiler's memory report shows (rank 0's backend).
+uint64_t reported_moment_bytes(const fs::path& profile_json) {
+  const kd::Json prof = kd::Json::parse(bytes_of(profile_json));
+  return uint64_t(
+      prof.at("memory").at("categories").at("optimizer_moments").at("current_bytes").as_number());
+}
+
+// ZeRO-1 against every rank holding everything, both at 2 ranks: at 2 ranks a reduce-scatter sums
+// the same two values as an all-reduce (a + b), so the gradients are the same bits; only the
+// global norm is added in another order (two shards' squares, then their sum), which can move the
+// clipping factor by an ulp. So the runs agree to fp32 rounding (1e-5 relative, as above), the
+// checkpoint holds the whole moments (rank 1's shard gathered: a zero there would differ from the
+// unsharded run by the moments' own size), and rank 0's memory report shows its shard of the
+// moments: 2 x shard_floats(P, 2) floats instead of 2 x P.
+TEST_F(DistributedTest, ShardedOptimizerAgreesWithUnsharded) {
+  const fs::path rec =
+      recipe("z", "\n[profile]\nenabled = true\nwait = 1\nwarmup = 1\nactive = 2\n");
+  Result on = train(2, rec, "on", "--set distributed.shard_optimizer=true");
+  ASSERT_EQ(on.status, 0) << on.output;
+  Result off = train(2, rec, "off", "--set distributed.shard_optimizer=false");
+  ASSERT_EQ(off.status, 0) << off.output;
+  EXPECT_NE(on.output.find("optimizer state sharded (ZeRO-1)"), std::string::npos) << on.output;
+  EXPECT_EQ(off.output.find("ZeRO-1"), std::string::npos) << off.output;
+
+  const std::vector<double> l_on = losses(dir_ / "on" / "log.jsonl");
+  const std::vector<double> l_off = losses(dir_ / "off" / "log.jsonl");
+  ASSERT_EQ(l_on.size(), 6u);
+  ASSERT_EQ(l_off.size(), 6u);
+  for (size_t i = 0; i < l_on.size(); ++i)
+    EXPECT_NEAR(l_on[i], l_off[i], 1e-5 * l_off[i]) << "step " << i;
+  const kd::GPT2 a = kd::load_model((dir_ / "off" / "final").string());
+  const kd::GPT2 b = kd::load_model((dir_ / "on" / "final").string());
+  const double dw = max_rel_diff(a.params, b.params);
+  const auto [m_off, v_off] = moments(dir_ / "off" / "final");
+  const auto [m_on, v_on] = moments(dir_ / "on" / "final");
+  const double dm = max_rel_diff(m_off, m_on), dv = max_rel_diff(v_off, v_on);
+  std::printf("sharded vs unsharded: weights %.3g, m %.3g, v %.3g (max diff / max)\n", dw, dm, dv);
+  EXPECT_LE(dw, 1e-5);
+  EXPECT_LE(dm, 1e-5);
+  EXPECT_LE(dv, 1e-5);
+  // rank 1's shard (the end of the buffer: the last layers and ln_f) was trained and gathered
+  const size_t P = a.params.size();
+  const kd::ShardRange r1 = kd::shard_range(P, 2, 1);
+  ASSERT_GT(r1.size(), 0u);
+  size_t nonzero = 0;
+  for (size_t i = r1.begin; i < r1.end; ++i) nonzero += m_on[i] != 0.0f;
+  EXPECT_GT(nonzero, r1.size() / 2);
+
+  EXPECT_EQ(reported_moment_bytes(dir_ / "on" / "profile.json"),
+            2 * kd::shard_floats(P, 2) * sizeof(float));
+  EXPECT_EQ(reported_moment_bytes(dir_ / "off" / "profile.json"), 2 * P * sizeof(float));
+}
+
 // Compares `resumed` with `straight` (loss curves and final weights, the tolerance of the test
 // above).
 void expect_same_run(const fs::path& straight, const fs::path& resumed) {
@@ -210,6 +316,11 @@ void expect_same_run(const fs::path& straight, const fs::path& resumed) {
   std::printf("max |w(straight) - w(resumed)| = %.3g, relative to max |w| %.3g\n", max_diff,
               max_diff / max_abs);
   EXPECT_LE(max_diff, 1e-5 * max_abs);
+  // and the optimizer state (a resume from a ZeRO-1 checkpoint needs every shard's moments)
+  const auto [ms, vs] = moments(straight / "final");
+  const auto [mr, vr] = moments(resumed / "final");
+  EXPECT_LE(max_rel_diff(ms, mr), 1e-5);
+  EXPECT_LE(max_rel_diff(vs, vr), 1e-5);
 }
 
 // 3 steps at `before` ranks, then 3 more at `after` ranks (np 0: a plain process), the global batch
@@ -224,11 +335,17 @@ void DistributedTest::resume_across(int before, int after) {
   Result first = train(before, rec, "resumed",
                        accum(before) + " --set checkpoint.every=3 --set checkpoint.keep_last=2");
   ASSERT_EQ(first.status, 0) << first.output;
+  if (before == 2) {  // the 2-rank side trains with ZeRO-1 (the default)
+    EXPECT_NE(first.output.find("sharded (ZeRO-1)"), std::string::npos) << first.output;
+  }
   ASSERT_TRUE(fs::exists(dir_ / "resumed" / "step_000003" / "trainer_state.json"));
   fs::remove_all(dir_ / "resumed" / "step_000006");
   fs::remove_all(dir_ / "resumed" / "final");
   Result second = train(after, rec, "resumed", accum(after));
   ASSERT_EQ(second.status, 0) << second.output;
+  if (after == 2) {
+    EXPECT_NE(second.output.find("sharded (ZeRO-1)"), std::string::npos) << second.output;
+  }
   EXPECT_NE(second.output.find("resume: from"), std::string::npos) << second.output;
   expect_same_run(dir_ / "straight", dir_ / "resumed");
 }

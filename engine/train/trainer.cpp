@@ -486,6 +486,7 @@ std::ostream& null_stream() {
 
 TrainSummary train(const Recipe& r, std::ostream& console) {
   comm::init();  // joins the MPI job when started by mpirun / srun; else one rank
+  comm::set_timeout(r.distributed.timeout_s);
   const bool root = comm::is_root();
   const int ranks = comm::size();
   std::ostream& out = root ? console : null_stream();  // rank 0 alone prints
@@ -513,13 +514,21 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   share_start(st, model, m, v, sampler);
   std::unique_ptr<Backend> backend =
       make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
+  // ZeRO-1 (backend.h): with several ranks and [distributed] shard_optimizer, each rank keeps its
+  // shard of the moments; checkpoints gather them on rank 0.
+  const bool sharded = ranks > 1 && r.distributed.shard_optimizer;
+  comm::MpiStepReducer reducer(sharded);
+  if (ranks > 1) backend->set_reducer(&reducer);  // before load_state: it keeps only its slice
   backend->load_state(model, m, v);
-  comm::MpiStepReducer reducer;
-  if (ranks > 1) backend->set_reducer(&reducer);
+  if (sharded) {  // the whole moments are needed again only at a checkpoint
+    std::vector<float>().swap(m);
+    std::vector<float>().swap(v);
+  }
   RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
   if (ranks > 1)
     out << "data parallel: " << ranks << " ranks, global batch " << shape.B << " x "
-        << shape.grad_accum << " x " << ranks << " sequences\n";
+        << shape.grad_accum << " x " << ranks << " sequences"
+        << (sharded ? ", optimizer state sharded (ZeRO-1)" : "") << "\n";
 
   backend->report_memory();
   struct ClockGuard {
@@ -540,13 +549,24 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   }
   out << "tokens: train " << s.train_tokens.size() << ", val " << s.val_tokens.size() << "\n";
 
+  // Every rank calls it (under ZeRO-1 the moments are gathered on rank 0); rank 0 writes.
   auto save = [&]() {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
     backend->save_state(model, m, v);
-    write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
-    prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
-    sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
+    if (sharded) {
+      comm::gather_shards(m.data(), m.size());
+      comm::gather_shards(v.data(), v.size());
+    }
+    if (root) {
+      write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
+      prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
+      sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
+    }
+    if (sharded) {
+      std::vector<float>().swap(m);
+      std::vector<float>().swap(v);
+    }
   };
   auto run_eval = [&]() {
     KD_RANGE_P("eval", Phase::Eval, st.step);
@@ -577,6 +597,7 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   LogWindow log_window;
   while (st.step < r.train.max_steps) {
     const auto step_start = Clock::now();
+    comm::set_step(st.step + 1);                  // names the step in a lost-rank message
     profiler::StepScope step_scope(st.step + 1);  // steps count from 1, as in the log
     {
       KD_RANGE_P("data", Phase::Data, st.step);
@@ -621,10 +642,10 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
     }
     const bool last = st.step == r.train.max_steps;
     if (root && (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0))) run_eval();
-    if (root && (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0))) save();
+    if (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0)) save();
     if (!last && comm::any(interrupt_flag().load())) {  // every rank stops at the same step
       out << "interrupted: writing a checkpoint at step " << st.step << "\n";
-      if (root) save();
+      save();
       sum.interrupted = true;
       break;
     }
