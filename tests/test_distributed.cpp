@@ -257,14 +257,22 @@ uint64_t reported_moment_bytes(const fs::path& profile_json) {
 // clipping factor by an ulp. So the runs agree to fp32 rounding (1e-5 relative, as above), the
 // checkpoint holds the whole moments (rank 1's shard gathered: a zero there would differ from the
 // unsharded run by the moments' own size), and rank 0's memory report shows its shard of the
-// moments: 2 x shard_floats(P, 2) floats instead of 2 x P.
+// moments: 2 x shard_floats(P, 2) floats instead of 2 x P. grad_accum = 2 here: the per-layer
+// buckets must start only in the last micro-batch's backward (a bucket sent after the first would
+// miss the second's gradients), which the 1-rank run with grad_accum 4 checks.
 TEST_F(DistributedTest, ShardedOptimizerAgreesWithUnsharded) {
   const fs::path rec =
       recipe("z", "\n[profile]\nenabled = true\nwait = 1\nwarmup = 1\nactive = 2\n");
-  Result on = train(2, rec, "on", "--set distributed.shard_optimizer=true");
+  Result on =
+      train(2, rec, "on", "--set distributed.shard_optimizer=true --set train.grad_accum=2");
   ASSERT_EQ(on.status, 0) << on.output;
-  Result off = train(2, rec, "off", "--set distributed.shard_optimizer=false");
+  Result off =
+      train(2, rec, "off", "--set distributed.shard_optimizer=false --set train.grad_accum=2");
   ASSERT_EQ(off.status, 0) << off.output;
+  Result one = train(0, rec, "one", "--set train.grad_accum=4");
+  ASSERT_EQ(one.status, 0) << one.output;
+  const std::vector<double> l_one = losses(dir_ / "one" / "log.jsonl");
+  const kd::GPT2 w_one = kd::load_model((dir_ / "one" / "final").string());
   EXPECT_NE(on.output.find("optimizer state sharded (ZeRO-1)"), std::string::npos) << on.output;
   EXPECT_EQ(off.output.find("ZeRO-1"), std::string::npos) << off.output;
 
@@ -284,6 +292,12 @@ TEST_F(DistributedTest, ShardedOptimizerAgreesWithUnsharded) {
   EXPECT_LE(dw, 1e-5);
   EXPECT_LE(dm, 1e-5);
   EXPECT_LE(dv, 1e-5);
+  ASSERT_EQ(l_one.size(), 6u);
+  for (size_t i = 0; i < l_one.size(); ++i)
+    EXPECT_NEAR(l_on[i], l_one[i], 1e-5 * l_one[i]) << "step " << i;
+  const double d1 = max_rel_diff(w_one.params, b.params);
+  std::printf("sharded 2 x grad_accum 2 vs 1 rank x grad_accum 4: weights %.3g\n", d1);
+  EXPECT_LE(d1, 1e-5);
   // rank 1's shard (the end of the buffer: the last layers and ln_f) was trained and gathered
   const size_t P = a.params.size();
   const kd::ShardRange r1 = kd::shard_range(P, 2, 1);

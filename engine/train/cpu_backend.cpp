@@ -74,6 +74,18 @@ class CpuBackend final : public Backend {
     workspace_.resize(cpu::lm_head_kd_loss_workspace_floats(chunk_, V_, teacher ? Vt_ : 0));
     hidden_.resize(N * student.config().n_embd);
     if (teacher) teacher_hidden_.resize(N * teacher->config().n_embd);
+    // Buckets of the data-parallel gradient reduction: one per layer. The buffer is laid out wte,
+    // wpe, h.0 ... h.{L-1}, ln_f, and the backward finishes it from the end: after layer l,
+    // [start of h.l, end of what was not yet sent) is final. wte and wpe, which the tied LM head
+    // and the embedding backward both write, go last.
+    unsent_end_ = student.params.size();
+    layer_done_ = [this](int l) {
+      KD_RANGE_P("comm_start", Phase::Comm, l);
+      const size_t begin = student_.layout().layers[size_t(l)].ln1w;
+      reduce_grads(begin, unsent_end_);
+      unsent_end_ = begin;
+      reducer_->progress();  // lets MPI move the buckets already started
+    };
   }
 
   const char* name() const override { return "cpu"; }
@@ -90,6 +102,7 @@ class CpuBackend final : public Backend {
     StepResult r;
     ensure_training_state();
     student_.zero_grad();
+    unsent_end_ = student_.grads.size();
     for (int a = 0; a < A; ++a) {
       const int32_t* in = inputs + a * N;
       if (teacher_) {
@@ -109,13 +122,15 @@ class CpuBackend final : public Backend {
                   targets + a * N, B * T, loss_, inv_norm);
       }
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
-      student_.backward_hidden(hidden_.data());
+      // The last micro-batch's backward finishes layer after layer: each finished layer's
+      // gradients start their reduction while the layers below are still computed.
+      student_.backward_hidden(hidden_.data(), reducer_ && a == A - 1 ? layer_done_ : nullptr);
     }
     if (reducer_) {
       {
         KD_RANGE_P("comm_grads", Phase::Comm, t);
-        reduce_grads(0, student_.grads.size());
-        reducer_->finish();  // this rank's part of the summed gradients is in place
+        reduce_grads(0, unsent_end_);  // the last bucket: wte and wpe, final only now
+        reducer_->finish();            // this rank's part of the summed gradients is in place
       }
       reducer_->sum_losses(r.sums);
     }
@@ -296,6 +311,8 @@ class CpuBackend final : public Backend {
   size_t shard_ = 0;
   ShardRange range_;
   std::vector<ParamSpan> slice_spans_;
+  GPT2::LayerDone layer_done_;  // starts a finished layer's bucket
+  size_t unsent_end_ = 0;       // gradients [unsent_end_, P) have been handed to the reducer
 };
 
 }  // namespace
