@@ -450,3 +450,50 @@ TEST_F(DistributedTest, AKilledRankEndsTheJob) {
 }
 
 }  // namespace
+
+// Rank 1 is stopped (SIGSTOP: alive, holding its MPI connections, never arriving) mid-run. Rank 0
+// must give up after [distributed] timeout_s (5 s here) and end the job non-zero, naming rank 1 and
+// the last complete checkpoint, which stays loadable.
+TEST_F(DistributedTest, AStoppedRankIsNamedAndEndsTheJob) {
+  const fs::path rec = recipe("hang");
+  Result r;
+  std::thread job([&] {
+    r = train(2, rec, "h",
+              "--set train.max_steps=1000000 --set checkpoint.every=2 "
+              "--set distributed.timeout_s=5");
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  int pid = -1;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(90)) {
+    if (!kd::latest_checkpoint((dir_ / "h").string()).empty() &&
+        (pid = find_rank_pid(rec.string(), 1)) > 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (pid <= 0) {
+    const int p0 = find_rank_pid(rec.string(), 0);
+    if (p0 > 0) ::kill(p0, SIGKILL);
+    job.join();
+    FAIL() << "rank 1 not found running after a checkpoint: " << r.output;
+  }
+  const auto stopped = std::chrono::steady_clock::now();
+  ::kill(pid, SIGSTOP);
+  job.join();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  if (find_rank_pid(rec.string(), 1) == pid) ::kill(pid, SIGKILL);  // in case the launcher left it
+  std::printf("the job ended %.1f s after rank 1 stopped\n", secs);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.status, 124) << "the job hung until the timeout: " << r.output;
+  EXPECT_GE(secs, 4.5) << "ended before the deadline: not by the timeout? " << r.output;
+  EXPECT_LT(secs, 60.0) << r.output;
+  EXPECT_NE(r.output.find("rank 0: rank 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("timeout_s = 5 s"), std::string::npos) << r.output;
+  const size_t at = r.output.find("last complete checkpoint: ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string named = r.output.substr(at + 26, r.output.find('\n', at) - at - 26);
+  EXPECT_EQ(named, kd::latest_checkpoint((dir_ / "h").string()));
+  const kd::GPT2 g = kd::load_model(named);  // complete and loadable
+  EXPECT_GT(g.params.size(), 0u);
+  EXPECT_TRUE(fs::exists(fs::path(named) / "optimizer.safetensors"));
+}

@@ -168,7 +168,8 @@ std::string describe(uint64_t seq) {
       const double silent = std::chrono::duration<double>(now - g_heard[q]).count();
       if (q != g_rank && silent > longest) longest = silent, first = q;
     }
-    if (first >= 0 && longest > 3.0) {
+    // A waiting rank sends a heartbeat each second: silent this long, it is not waiting any more.
+    if (first >= 0 && longest > std::min(3.0, g_timeout_s / 2)) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "%.0f", longest);
       msg = "rank " + std::to_string(first) + " arrived at " + here + " but has been silent for " +

@@ -484,7 +484,26 @@ std::ostream& null_stream() {
 
 }  // namespace
 
+namespace {
+TrainSummary train_ranks(const Recipe& r, std::ostream& console);
+}  // namespace
+
+// A rank that is lost (comm::RankLost) ends this one with an error that names it and, on rank 0,
+// the last complete checkpoint (the run resumes from it).
 TrainSummary train(const Recipe& r, std::ostream& console) {
+  try {
+    return train_ranks(r, console);
+  } catch (const comm::RankLost& e) {
+    if (!comm::is_root()) throw;
+    const std::string ck = latest_checkpoint(r.run.out_dir);
+    throw std::runtime_error(std::string(e.what()) +
+                             ". Stopping; last complete checkpoint: " + (ck.empty() ? "none" : ck));
+  }
+}
+
+namespace {
+
+TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   comm::init();  // joins the MPI job when started by mpirun / srun; else one rank
   comm::set_timeout(r.distributed.timeout_s);
   const bool root = comm::is_root();
@@ -668,6 +687,9 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   comm::finalize();  // every rank got here: leave the MPI job cleanly
   return sum;
 }
+
+}  // namespace
+
 void print_check(const Recipe& r, std::ostream& out) {
   out << recipe_to_toml(r) << "\n";  // its first line says what it is
   Setup s = prepare(r, out, false);
