@@ -98,6 +98,41 @@ TEST(ShardRule, CeilOverRanksRoundedUpToSixteenFloats) {
     }
 }
 
+// The split the trainer uses at several ranks: rank r evaluates batches r, r + N, ...; the shares'
+// sums add up to the whole evaluation (means weighted by tokens, up to double rounding), and each
+// share has its own batches' tokens (every target of these windows is supervised).
+TEST(EvalSplit, SharesAddUpToTheWholeEvaluation) {
+  kd::GPT2Config sc{2, 2, 32, 64, 16}, tc{2, 2, 48, 64, 16};
+  kd::GPT2 student(sc), teacher(tc);
+  student.init_random(5);
+  teacher.init_random(6);
+  kd::Rng rng(9);
+  std::vector<uint16_t> tokens(3000);
+  for (auto& t : tokens) t = uint16_t(rng.below(64));
+  const int B = 2, T = 16, batches = 5;
+  const kd::EvalResult all =
+      kd::evaluate_model(student, &teacher, tokens, B, T, batches, 2.0f, 0, 1);
+  EXPECT_EQ(all.tokens, int64_t(batches) * B * T);
+  for (int ranks : {2, 3}) {
+    double loss = 0, kl = 0, teacher_loss = 0;
+    int64_t n = 0;
+    for (int r = 0; r < ranks; ++r) {
+      const kd::EvalResult part =
+          kd::evaluate_model(student, &teacher, tokens, B, T, batches, 2.0f, r, ranks);
+      const int mine = (batches - r + ranks - 1) / ranks;  // batches r, r + ranks, ...
+      EXPECT_EQ(part.tokens, int64_t(mine) * B * T) << ranks << " ranks, rank " << r;
+      loss += part.loss * double(part.tokens);
+      kl += part.kl * double(part.tokens);
+      teacher_loss += part.teacher_loss * double(part.tokens);
+      n += part.tokens;
+    }
+    EXPECT_EQ(n, all.tokens);
+    EXPECT_NEAR(loss / double(n), all.loss, 1e-12 * all.loss);
+    EXPECT_NEAR(kl / double(n), all.kl, 1e-12 * all.kl);
+    EXPECT_NEAR(teacher_loss / double(n), all.teacher_loss, 1e-12 * all.teacher_loss);
+  }
+}
+
 class DistributedTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -163,12 +198,36 @@ class DistributedTest : public ::testing::Test {
 // ulps of lr-sized updates: measured 4e-7 to 7e-7 of max |w| after 6 steps (up to 1e-6 in the
 // resume tests below), so 1e-5 relative leaves a 10x margin. A sampling or normalisation mistake
 // (another sequence, a per-rank token count) moves the loss by 1e-2 or more and fails this.
+//
+// Evaluation (3 batches, so 2 on rank 0 and 1 on rank 1) is split over the ranks and summed: the
+// teacher's held-out loss (the same weights on every rank) equals one rank's up to the order of
+// double additions; the student's final one to the weights' tolerance.
 TEST_F(DistributedTest, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   const fs::path rec = recipe("kd", kd_extra(teacher()));
-  Result one = train(0, rec, "one", "--set train.grad_accum=2");
+  Result one = train(0, rec, "one", "--set train.grad_accum=2 --set train.eval_batches=3");
   ASSERT_EQ(one.status, 0) << one.output;
-  Result two = train(2, rec, "two", "--set train.grad_accum=1");
+  Result two = train(2, rec, "two", "--set train.grad_accum=1 --set train.eval_batches=3");
   ASSERT_EQ(two.status, 0) << two.output;
+  const auto eval_record = [](const fs::path& log) {
+    std::ifstream f(log);
+    std::string line;
+    kd::Json last;
+    while (std::getline(f, line)) {
+      kd::Json j = kd::Json::parse(line);
+      if (j.find("val_loss")) last = j;
+    }
+    return last;
+  };
+  const kd::Json e1 = eval_record(dir_ / "one" / "log.jsonl");
+  const kd::Json e2 = eval_record(dir_ / "two" / "log.jsonl");
+  const double t1 = e1.at("teacher_val_loss").as_number(),
+               t2 = e2.at("teacher_val_loss").as_number();
+  std::printf("teacher held-out loss: 1 rank %.17g, 2 ranks %.17g\n", t1, t2);
+  EXPECT_NEAR(t2, t1, 1e-12 * t1);
+  EXPECT_NEAR(e2.at("val_loss").as_number(), e1.at("val_loss").as_number(),
+              1e-5 * e1.at("val_loss").as_number());
+  EXPECT_NEAR(e2.at("val_kl").as_number(), e1.at("val_kl").as_number(),
+              1e-4 * e1.at("val_kl").as_number());
   EXPECT_NE(two.output.find("data parallel: 2 ranks"), std::string::npos) << two.output;
   // rank 0 alone prints: one "done:" line
   EXPECT_EQ(std::count(two.output.begin(), two.output.end(), '\n'),

@@ -286,22 +286,38 @@ struct EvalStats {
   int64_t tokens = 0;
 };
 
-EvalStats evaluate(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
-                   int T, int batches, float temperature) {
+// The sums of this rank's share of the evaluation batches: batches rank, rank + ranks, ... (all of
+// them for one rank).
+LossSums evaluate_sums(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
+                       int T, int batches, float temperature, int rank, int ranks) {
   const BatchSampler sampler({}, val, 0);
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
   LossSums sums;
-  for (int i = 0; i < batches; ++i) {
+  for (int i = rank; i < batches; i += ranks) {
     sampler.eval_batch(i, B, T, in.data(), tg.data());
     sums += teacher_only ? backend.eval_teacher(in.data(), tg.data(), B, T)
                          : backend.eval_student(in.data(), tg.data(), B, T, temperature);
   }
+  return sums;
+}
+
+EvalStats eval_stats(const LossSums& sums, bool teacher_only) {
   EvalStats e;
   const double rows = double(std::max<int64_t>(1, sums.rows));
   (teacher_only ? e.teacher_ce : e.student_ce) = sums.ce / rows;
   e.kl = sums.kl / rows;
   e.tokens = sums.rows;
   return e;
+}
+
+// With ranks > 1 (the trainer under MPI) every rank evaluates its share and the sums are added
+// over the ranks: every rank gets the result of evaluating every batch.
+EvalStats evaluate(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
+                   int T, int batches, float temperature, int rank = 0, int ranks = 1) {
+  LossSums sums =
+      evaluate_sums(backend, teacher_only, val, B, T, batches, temperature, rank, ranks);
+  if (ranks > 1) comm::allreduce_sum(sums);
+  return eval_stats(sums, teacher_only);
 }
 
 void check_out_dir_writable(const std::string& out_dir) {
@@ -559,10 +575,11 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   }
 
   print_models(model.config(), s.teacher.get(), out);
-  if (s.teacher && root) {  // evaluation runs on rank 0 only
+  if (s.teacher) {  // every rank evaluates its share of the batches
     KD_RANGE_P("eval", Phase::Eval, st.step);
-    sum.teacher_val_loss =
-        evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f).teacher_ce;
+    sum.teacher_val_loss = evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f,
+                                    comm::rank(), ranks)
+                               .teacher_ce;
     out << "teacher held-out loss " << std::fixed << std::setprecision(4) << sum.teacher_val_loss
         << std::defaultfloat << "\n";
   }
@@ -590,7 +607,7 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   auto run_eval = [&]() {
     KD_RANGE_P("eval", Phase::Eval, st.step);
     const EvalStats e = evaluate(*backend, false, s.val_tokens, B, T, r.train.eval_batches,
-                                 float(r.loss.temperature));
+                                 float(r.loss.temperature), comm::rank(), ranks);
     sum.final_val_loss = e.student_ce;
     if (!std::isfinite(st.best_val_loss) || e.student_ce < st.best_val_loss)
       st.best_val_loss = e.student_ce;
@@ -660,7 +677,7 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
       out << line << "\n" << std::flush;
     }
     const bool last = st.step == r.train.max_steps;
-    if (root && (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0))) run_eval();
+    if (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0)) run_eval();
     if (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0)) save();
     if (!last && comm::any(interrupt_flag().load())) {  // every rank stops at the same step
       out << "interrupted: writing a checkpoint at step " << st.step << "\n";
@@ -724,17 +741,22 @@ std::vector<uint16_t> held_out_tokens(const Recipe& r) {
 }
 
 EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
-                          int B, int T, int batches, float temperature) {
+                          int B, int T, int batches, float temperature, int rank, int ranks) {
+  KD_REQUIRE(ranks >= 1 && rank >= 0 && rank < ranks, "evaluate_model: rank outside [0, ranks)");
   std::ostringstream quiet;
   std::unique_ptr<Backend> backend =
       make_backend(Device::Cpu, student, teacher, LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
-  const EvalStats e = evaluate(*backend, false, tokens, B, T, batches, temperature);
+  const EvalStats e = eval_stats(
+      evaluate_sums(*backend, false, tokens, B, T, batches, temperature, rank, ranks), false);
   EvalResult res;
   res.loss = e.student_ce;
   res.perplexity = std::exp(e.student_ce);
   res.kl = e.kl;
   res.tokens = e.tokens;
-  if (teacher) res.teacher_loss = evaluate(*backend, true, tokens, B, T, batches, 1.0f).teacher_ce;
+  if (teacher)
+    res.teacher_loss =
+        eval_stats(evaluate_sums(*backend, true, tokens, B, T, batches, 1.0f, rank, ranks), true)
+            .teacher_ce;
   return res;
 }
 
