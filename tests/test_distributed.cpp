@@ -556,3 +556,62 @@ TEST_F(DistributedTest, AStoppedRankIsNamedAndEndsTheJob) {
   EXPECT_GT(g.params.size(), 0u);
   EXPECT_TRUE(fs::exists(fs::path(named) / "optimizer.safetensors"));
 }
+
+// The pid of the mpirun whose command line mentions `tag`.
+int find_mpirun_pid(const std::string& tag) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd = bytes_of(e.path() / "cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.rfind("mpirun ", 0) == 0 && cmd.find(tag) != std::string::npos) return std::stoi(name);
+  }
+  return -1;
+}
+
+// Ctrl-C reaches only mpirun (Open MPI puts each rank in its own process group). Open MPI 4.1 does
+// not forward SIGINT; it sends every rank SIGCONT, then SIGTERM after odls_base_sigkill_timeout
+// seconds, then SIGKILL after as many more. kdengine treats SIGTERM as it treats SIGINT, so the
+// ranks stop together after the current step and rank 0 writes a checkpoint within that grace
+// time (3 s here; the default is 1 s). Quiet logging (log.every): after its SIGINT mpirun stops
+// forwarding the ranks' output, and rank 0 printing a line every millisecond (this tiny model
+// with log.every = 1) fills the pipe and blocks before it reaches the checkpoint.
+TEST_F(DistributedTest, SigintToMpirunStopsGracefullyWithACheckpoint) {
+  const fs::path rec = recipe("int");
+  Result r;
+  std::thread job([&] {
+    r = sh(
+        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
+        "mpirun -np 2 --oversubscribe --mca odls_base_sigkill_timeout 3 " +
+        kBin + " train " + rec.string() + " --set run.out_dir='\"" + (dir_ / "i").string() +
+        "\"' --set train.max_steps=1000000 --set checkpoint.every=50 --set log.every=1000");
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  int pid = -1;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(90)) {
+    if (!kd::latest_checkpoint((dir_ / "i").string()).empty() &&
+        (pid = find_mpirun_pid(rec.string())) > 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (pid <= 0) {
+    const int p0 = find_rank_pid(rec.string(), 0);
+    if (p0 > 0) ::kill(p0, SIGKILL);
+    job.join();
+    FAIL() << "the job was not found running: " << r.output;
+  }
+  ::kill(pid, SIGINT);
+  job.join();
+  EXPECT_NE(r.status, 124) << r.output;
+  const size_t at = r.output.find("interrupted: writing a checkpoint at step ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const int64_t step = std::stoll(r.output.substr(at + 42));
+  const kd::Json summary = kd::Json::parse(bytes_of(dir_ / "i" / "summary.json"));
+  EXPECT_TRUE(summary.at("interrupted").as_bool());
+  EXPECT_EQ(summary.at("steps").as_int(), step);
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%06lld", static_cast<long long>(step));
+  EXPECT_EQ(kd::latest_checkpoint((dir_ / "i").string()), (dir_ / "i" / name).string());
+  const kd::GPT2 g = kd::load_model((dir_ / "i" / name).string());
+  EXPECT_GT(g.params.size(), 0u);
+}

@@ -578,8 +578,9 @@ const std::vector<Key>& keys() {
             "a fresh run may delete the previous run in `out_dir` (see [One run per "
             "out_dir](#one-run-per-out_dir)); `--overwrite` sets it"),
         key(KD_KEY(run, threads), 0, within("[]", 0, 1024),
-            "CPU threads for the ops (OpenMP); `0`: the cores this process may run on (its CPU "
-            "affinity, which `taskset` and container limits narrow). Applied when training "
+            "CPU threads for the ops (OpenMP); `0`: `OMP_NUM_THREADS` when it is set, else the "
+            "cores this process may run on (its CPU affinity, which `taskset` and container "
+            "limits narrow). Applied when training "
             "starts. Results are the same bits run after run for the same recipe and the same "
             "thread count; another thread count may change the last bits of matrix products"),
 
