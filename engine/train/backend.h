@@ -91,11 +91,12 @@ ShardRange shard_range(size_t n, int ranks, int rank);
 //
 // Backend memory (host memory on the CPU, device memory on a GPU), asynchronous: sum_grads,
 // sum_doubles, reduce_scatter and all_gather may return before the data is there. They complete
-// in the order they were made (NCCL: one stream); finish() waits for all of them (NCCL: the
-// stream; MPI: the requests). Between a call and finish() its buffer range must be neither read
-// nor written by the caller; later calls on disjoint ranges are fine (that is what bucketing
-// does). finish() also reports a rank that never arrives (MPI: after [distributed] timeout_s,
-// comm::RankLost).
+// in the order they were made (NCCL: one stream); after finish(), the work the backend queues
+// next sees every result (MPI: the host waited for the requests; NCCL: the compute stream waits
+// on an event of the communication stream, no host sync needed). Between a call and finish()
+// its buffer range must be neither read nor written by the caller; later calls on disjoint
+// ranges are fine (that is what bucketing does). A rank that never arrives must not hang the
+// others forever (MPI: finish() throws comm::RankLost after [distributed] timeout_s).
 //
 //   sum_grads(data, n)            all-reduce sum of n floats, in place
 //   sum_doubles(data, n)          the same for doubles (e.g. each rank's part of the squared norm)

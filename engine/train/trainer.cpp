@@ -723,7 +723,8 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "memory plan (" << p.device << "):\n";
   out << "  weights            " << mib(p.weights) << "\n";
   out << "  gradients          " << mib(p.gradients) << "\n";
-  out << "  optimizer moments  " << mib(p.moments) << "\n";
+  out << "  optimizer moments  " << mib(p.moments)
+      << (r.distributed.shard_optimizer ? "  (at N ranks each holds 1/N: ZeRO-1)\n" : "\n");
   out << "  activations        " << mib(p.activations) << "  (micro_batch " << shape.B
       << " x seq_len " << shape.T << ")\n";
   out << "  teacher weights    " << mib(p.teacher_weights) << "\n";
