@@ -361,6 +361,11 @@ StepShape step_shape(const Recipe& r, const GPT2Config& student) {
 // Resumes from the newest checkpoint under out_dir when the recipe asks for it: the student's
 // parameters, the AdamW moments, the loop's state and the sampler's position. Otherwise (or when
 // there is none) the run starts at step 0 with a fresh log.
+void release(std::vector<float>& m, std::vector<float>& v) {
+  std::vector<float>().swap(m);
+  std::vector<float>().swap(v);
+}
+
 State resume_or_start(const Recipe& r, GPT2& model, std::vector<float>& m, std::vector<float>& v,
                       BatchSampler& sampler, std::ostream& out) {
   const fs::path log_path = fs::path(r.run.out_dir) / "log.jsonl";
@@ -555,10 +560,9 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   comm::MpiStepReducer reducer(sharded);
   if (ranks > 1) backend->set_reducer(&reducer);  // before load_state: it keeps only its slice
   backend->load_state(model, m, v);
-  if (sharded) {  // the whole moments are needed again only at a checkpoint
-    std::vector<float>().swap(m);
-    std::vector<float>().swap(v);
-  }
+  // The moments now live in the backend; these host copies exist again only while a checkpoint
+  // is written (on the CPU they would otherwise double the optimizer's memory).
+  release(m, v);
   RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
   if (ranks > 1)
     out << "data parallel: " << ranks << " ranks, global batch " << shape.B << " x "
@@ -599,10 +603,7 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
       prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
       sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
     }
-    if (sharded) {
-      std::vector<float>().swap(m);
-      std::vector<float>().swap(v);
-    }
+    release(m, v);
   };
   auto run_eval = [&]() {
     KD_RANGE_P("eval", Phase::Eval, st.step);
