@@ -18,6 +18,7 @@
 
 #include "engine/base/profiler.h"
 #include "engine/base/trace.h"
+#include "engine/train/nccl_comm.h"
 #include "model/gpt2_cuda.h"
 
 namespace kd {
@@ -204,7 +205,8 @@ struct CudaBackend::Impl {
 
   // Micro-batches, loss and backward; then the norm (and the clip scale) on the device.
   void forward_backward(const int32_t* inputs, const int32_t* targets, float grad_clip) {
-    const int64_t rows = stage(inputs, targets, static_cast<size_t>(A) * N);
+    int64_t rows = stage(inputs, targets, static_cast<size_t>(A) * N);
+    if (reducer) rows = reducer->sum_rows(rows);  // normalise by the whole global step
     const float inv_norm = 1.0f / static_cast<float>(std::max<int64_t>(1, rows));
     student->zero_grad();
     KD_CUDA_CHECK(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream));
@@ -228,17 +230,20 @@ struct CudaBackend::Impl {
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
       student->backward(student->logits());
     }
+    if (reducer) reducer->sum_grads(student->grads(), student->num_parameters());
     cuda::global_norm(&readback_dev->norm, &readback_dev->scale, student->grads(),
                       student->num_parameters(), grad_clip, stream);
   }
 
-  // The step's only synchronisation: sums, norm and scale to the host.
-  StepResult finish() {
+  // The step's only synchronisation: sums, norm and scale to the host. reduce: sum the loss sums
+  // over the ranks (steps only; an evaluation runs on one rank).
+  StepResult finish(bool reduce = false) {
     KD_CUDA_CHECK(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
                                   cudaMemcpyDeviceToHost, stream));
     KD_CUDA_CHECK(cudaStreamSynchronize(stream));
     StepResult r;
     r.sums = readback_host()->sums;
+    if (reduce && reducer) reducer->sum_losses(r.sums);
     r.grad_norm = readback_host()->norm;
     r.loss = r.sums.loss / static_cast<double>(std::max<int64_t>(1, r.sums.rows));
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
@@ -284,7 +289,8 @@ struct CudaBackend::Impl {
   ParamSpan* spans_dev = nullptr;
   int num_spans = 0;
   std::unique_ptr<PinnedBlock> pinned_tokens, pinned_readback;
-  std::unique_ptr<EventClock> clock;  // the profiler's, created on request
+  std::unique_ptr<EventClock> clock;         // the profiler's, created on request
+  nccl::NcclStepReducer* reducer = nullptr;  // data parallelism (not owned); null: one rank
 };
 
 CudaBackend::CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
@@ -310,12 +316,20 @@ StepResult CudaBackend::step(const int32_t* inputs, const int32_t* targets, floa
                        s.num_parameters(), cfg, t, 1.0f, &im.readback_dev->scale, im.rounding,
                        im.stream);
   }
-  return im.finish();
+  return im.finish(true);
+}
+
+void CudaBackend::set_reducer(StepReducer* reducer) {
+  auto* r = dynamic_cast<nccl::NcclStepReducer*>(reducer);
+  KD_REQUIRE(reducer == nullptr || r != nullptr,
+             "CudaBackend::set_reducer: the reducer must work on device memory (NcclStepReducer)");
+  if (r != nullptr) r->bind_stream(impl_->stream);
+  impl_->reducer = r;
 }
 
 StepResult CudaBackend::accumulate(const int32_t* inputs, const int32_t* targets) {
   impl_->forward_backward(inputs, targets, 0.0f);
-  return impl_->finish();
+  return impl_->finish(true);
 }
 
 LossSums CudaBackend::eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,

@@ -47,6 +47,11 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return "cuda"; }
 
+  // Data parallelism over NCCL: `reducer` must be a nccl::NcclStepReducer
+  // (engine/train/nccl_comm.h; device memory, bound here to the step's stream), or null for one
+  // rank. step() then sums the supervised rows before the loss, the gradients after the last
+  // backward (before the norm) and the loss sums after the step's synchronisation.
+  void set_reducer(StepReducer* reducer) override;
   // Tokens must lie in [0, V). One host synchronisation, at the end.
   StepResult step(const int32_t* inputs, const int32_t* targets, float lr, float grad_clip,
                   int t) override;
