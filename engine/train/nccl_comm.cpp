@@ -54,20 +54,11 @@ int local_rank_from_env() {
   return -1;
 }
 
-// Ranks on this node (collective): the ranks whose host name hashes like ours. Also gives the
-// local rank (the ranks before ours on this node) where the launcher does not.
-void count_local(int& local_rank, int& local_size) {
+// Every rank's host (a hash of its name), indexed by rank (collective).
+std::vector<uint64_t> hosts() {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  const uint64_t mine = std::hash<std::string>{}(host);
-  const std::vector<uint64_t> all = comm::allgather(mine);
-  local_rank = 0;
-  local_size = 0;
-  for (int r = 0; r < static_cast<int>(all.size()); ++r) {
-    if (all[size_t(r)] != mine) continue;
-    if (r < comm::rank()) ++local_rank;
-    ++local_size;
-  }
+  return comm::allgather(std::hash<std::string>{}(host));
 }
 
 }  // namespace
@@ -84,22 +75,40 @@ bool built() {
 int select_device() {
   if (comm::size() == 1) return -1;
 #ifdef KD_WITH_CUDA
-  int counted = 0, local_size = 0;
-  count_local(counted, local_size);
+  const int me = comm::rank();
+  const std::vector<uint64_t> host = hosts();
+  int counted = 0;  // the ranks before this one on its node
+  for (int r = 0; r < me; ++r) counted += host[size_t(r)] == host[size_t(me)];
   const int env = local_rank_from_env();
   const int local = env >= 0 ? env : counted;
   const DeviceInfo& dev = probe_device();
   if (!dev.cuda_usable)
-    throw InputError("rank " + std::to_string(comm::rank()) + ": no GPU is usable: " + dev.reason);
-  if (local_size > dev.device_count || local >= dev.device_count)
-    throw InputError("rank " + std::to_string(comm::rank()) + ": " + std::to_string(local_size) +
-                     " ranks on this node but " + std::to_string(dev.device_count) +
-                     (dev.device_count == 1 ? " GPU" : " GPUs") +
-                     " visible: start one rank per GPU (mpirun -np <GPUs>, or srun "
-                     "--ntasks-per-node=<GPUs>), and leave CUDA_VISIBLE_DEVICES unset or listing "
-                     "them all");
-  KD_CUDA_CHECK(cudaSetDevice(local));
-  return local;
+    throw InputError("rank " + std::to_string(me) + ": no GPU is usable: " + dev.reason);
+  // local % count: every GPU of the node visible to every rank (count = ranks per node), or one
+  // GPU per rank (a launcher that binds each rank to its own GPU: count = 1). Two ranks of a node
+  // on one physical GPU (same PCI address) are refused on every rank.
+  const int device = local % dev.device_count;
+  cudaDeviceProp prop{};
+  KD_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  const uint64_t pci = (uint64_t(uint32_t(prop.pciDomainID)) << 32) |
+                       (uint64_t(uint32_t(prop.pciBusID)) << 8) | uint64_t(prop.pciDeviceID & 0xff);
+  const std::vector<uint64_t> gpu = comm::allgather(pci);
+  for (int a = 0; a < comm::size(); ++a)
+    for (int b = 0; b < a; ++b)
+      if (host[size_t(a)] == host[size_t(b)] && gpu[size_t(a)] == gpu[size_t(b)]) {
+        int on_node = 0;  // ranks on the node of a and b
+        for (uint64_t h : host) on_node += h == host[size_t(a)];
+        throw InputError(
+            "rank " + std::to_string(me) + ": ranks " + std::to_string(b) + " and " +
+            std::to_string(a) + " would share one GPU: " + std::to_string(on_node) +
+            " ranks on their node but " + std::to_string(dev.device_count) +
+            (dev.device_count == 1 ? " GPU" : " GPUs") +
+            " visible: start one rank per GPU (mpirun -np <GPUs per node x nodes>, srun "
+            "--ntasks-per-node=<GPUs per node>), with every GPU visible to every rank or one GPU "
+            "bound to each rank");
+      }
+  KD_CUDA_CHECK(cudaSetDevice(device));
+  return device;
 #else
   return -1;
 #endif

@@ -40,11 +40,12 @@ bool built();
 // no NCCL.
 int library_version();
 
-// In a job of more than one rank: the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
-// MPI_LOCALRANKID, else counted from the ranks' host names), which must be below the number of
-// visible GPUs (InputError otherwise), becomes this process's CUDA device. Returns it; -1 in a
-// single-rank job or a build without the CUDA backend (nothing is changed). Must run before any
-// CUDA allocation: make_backend calls it.
+// In a job of more than one rank: sets this process's CUDA device to its node-local rank
+// (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID, else counted from the ranks' host
+// names) modulo the visible GPUs, so both "every GPU visible to every rank" and "one GPU bound to
+// each rank" work. Collective: two ranks of one node on the same physical GPU (PCI address) is an
+// InputError on every rank. Returns the device; -1 in a single-rank job or a build without the
+// CUDA backend (nothing is changed). Must run before any CUDA allocation: make_backend calls it.
 int select_device();
 
 // The step's collectives on device memory. Creating one creates the NCCL communicator over all

@@ -250,8 +250,9 @@ TEST_F(GpuDistributed, MoreRanksThanGpusIsAClearError) {
   const fs::path rec = recipe("r");
   Result r = train(ranks_ + 1, rec, "o");
   EXPECT_EQ(r.status, 2) << r.output;
-  EXPECT_NE(r.output.find(std::to_string(ranks_ + 1) + " ranks on this node but " +
-                          std::to_string(ranks_) + " GPUs visible"),
+  EXPECT_NE(r.output.find("ranks 0 and " + std::to_string(ranks_) +
+                          " would share one GPU: " + std::to_string(ranks_ + 1) +
+                          " ranks on their node but " + std::to_string(ranks_) + " GPUs visible"),
             std::string::npos)
       << r.output;
   EXPECT_FALSE(fs::exists(dir_ / "o" / "final"));

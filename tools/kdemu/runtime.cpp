@@ -180,6 +180,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   p->l2CacheSize = 50 << 20;
   p->maxThreadsPerMultiProcessor = 2048;
   p->memoryBusWidth = 5120;
+  p->pciBusID = device + 1;  // one PCI address per emulated device
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
