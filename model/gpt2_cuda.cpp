@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -160,6 +161,7 @@ GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream
     grads_ = reinterpret_cast<float*>(grads_block_.get());
     m_ = reinterpret_cast<float*>(moments_block_.get());
     v_ = m_ + P_;
+    opt_end_ = P_;
     carve_acts(a_, &logits_, acts_block_.get(), cfg_, B, T, true);
     KD_CUDA_CHECK(cudaMemset(grads_, 0, P_ * sizeof(float)));
     KD_CUDA_CHECK(cudaMemset(m_, 0, 2 * P_ * sizeof(float)));
@@ -361,6 +363,33 @@ void GPT2Cuda::zero_grad() {
 
 // ---- host copies -------------------------------------------------------------------------------
 
+void GPT2Cuda::shard_optimizer_state(size_t begin, size_t end) {
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::shard_optimizer_state: a teacher has none");
+  KD_REQUIRE(begin <= end && end <= P_, "GPT2Cuda::shard_optimizer_state: range beyond P");
+  KD_REQUIRE(opt_begin_ == 0 && opt_end_ == P_,
+             "GPT2Cuda::shard_optimizer_state: the optimizer state is already sharded");
+  const size_t n = end - begin;
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  DeviceBlock master(std::max<size_t>(n, 1) * sizeof(float));
+  DeviceBlock moments(std::max<size_t>(2 * n, 1) * sizeof(float));
+  float* mst = reinterpret_cast<float*>(master.get());
+  float* mom = reinterpret_cast<float*>(moments.get());
+  if (n > 0) {
+    KD_CUDA_CHECK(cudaMemcpy(mst, master_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+    KD_CUDA_CHECK(cudaMemcpy(mom, m_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+    KD_CUDA_CHECK(cudaMemcpy(mom + n, v_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+  }
+  master_block_ = std::move(master);  // frees the whole-model buffers
+  moments_block_ = std::move(moments);
+  master_ = mst;
+  m_ = mom;
+  v_ = mom + n;
+  opt_begin_ = begin;
+  opt_end_ = end;
+  mem_.master_weights = n * sizeof(float);
+  mem_.moments = 2 * n * sizeof(float);
+}
+
 void GPT2Cuda::copy_params_from(const GPT2& cpu) {
   KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == P_,
              "GPT2Cuda::copy_params_from: a model of another configuration");
@@ -368,16 +397,16 @@ void GPT2Cuda::copy_params_from(const GPT2& cpu) {
   std::vector<bf16> w16(P_);
   for (size_t i = 0; i < P_; ++i) w16[i] = __float2bfloat16_rn(cpu.params[i]);
   KD_CUDA_CHECK(cudaMemcpy(weights_, w16.data(), P_ * sizeof(bf16), cudaMemcpyHostToDevice));
-  if (master_ != nullptr)
-    KD_CUDA_CHECK(
-        cudaMemcpy(master_, cpu.params.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  if (master_ != nullptr && opt_end_ > opt_begin_)
+    KD_CUDA_CHECK(cudaMemcpy(master_, cpu.params.data() + opt_begin_,
+                             (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 void GPT2Cuda::copy_params_to(GPT2& cpu) const {
   KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == P_,
              "GPT2Cuda::copy_params_to: a model of another configuration");
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  if (master_ != nullptr) {
+  if (master_ != nullptr && opt_begin_ == 0 && opt_end_ == P_) {
     KD_CUDA_CHECK(
         cudaMemcpy(cpu.params.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
     return;
@@ -385,6 +414,9 @@ void GPT2Cuda::copy_params_to(GPT2& cpu) const {
   std::vector<bf16> w16(P_);
   KD_CUDA_CHECK(cudaMemcpy(w16.data(), weights_, P_ * sizeof(bf16), cudaMemcpyDeviceToHost));
   for (size_t i = 0; i < P_; ++i) cpu.params[i] = __bfloat162float(w16[i]);
+  if (master_ != nullptr && opt_end_ > opt_begin_)  // a sharded student: its fp32 slice
+    KD_CUDA_CHECK(cudaMemcpy(cpu.params.data() + opt_begin_, master_,
+                             (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 std::vector<float> GPT2Cuda::download_grads() const {
@@ -397,9 +429,10 @@ std::vector<float> GPT2Cuda::download_grads() const {
 
 std::vector<float> GPT2Cuda::download_master() const {
   KD_REQUIRE(master_ != nullptr, "GPT2Cuda::download_master: a teacher has none");
-  std::vector<float> out(P_);
+  std::vector<float> out(P_, 0.0f);
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(out.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  KD_CUDA_CHECK(cudaMemcpy(out.data() + opt_begin_, master_,
+                           (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyDeviceToHost));
   return out;
 }
 
@@ -417,20 +450,22 @@ std::vector<float> GPT2Cuda::download_logits(int B, int T) const {
 
 void GPT2Cuda::download_moments(std::vector<float>& m, std::vector<float>& v) const {
   KD_REQUIRE(m_ != nullptr, "GPT2Cuda::download_moments: a teacher has none");
-  m.resize(P_);
-  v.resize(P_);
+  m.assign(P_, 0.0f);
+  v.assign(P_, 0.0f);
+  const size_t n = opt_end_ - opt_begin_;
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(m.data(), m_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
-  KD_CUDA_CHECK(cudaMemcpy(v.data(), v_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  KD_CUDA_CHECK(cudaMemcpy(m.data() + opt_begin_, m_, n * sizeof(float), cudaMemcpyDeviceToHost));
+  KD_CUDA_CHECK(cudaMemcpy(v.data() + opt_begin_, v_, n * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 void GPT2Cuda::upload_moments(const std::vector<float>& m, const std::vector<float>& v) {
   KD_REQUIRE(m_ != nullptr, "GPT2Cuda::upload_moments: a teacher has none");
   KD_REQUIRE(m.size() == P_ && v.size() == P_,
              "GPT2Cuda::upload_moments: " + std::to_string(P_) + " values expected");
+  const size_t n = opt_end_ - opt_begin_;
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(m_, m.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
-  KD_CUDA_CHECK(cudaMemcpy(v_, v.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  KD_CUDA_CHECK(cudaMemcpy(m_, m.data() + opt_begin_, n * sizeof(float), cudaMemcpyHostToDevice));
+  KD_CUDA_CHECK(cudaMemcpy(v_, v.data() + opt_begin_, n * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 }  // namespace kd

@@ -109,7 +109,9 @@ class GPT2Cuda {
   // as scratch, a teacher its one layer of scratch.
   void forward_inference(cuda::bf16* out, const int32_t* tokens_dev, int B, int T);
 
-  // Device buffers of the optimizer (student only), laid out as table().
+  // Device buffers of the optimizer (student only), laid out as table(); after
+  // shard_optimizer_state(b, e), master(), m() and v() hold parameters [b, e) only (element 0 is
+  // parameter b).
   cuda::bf16* weights() const { return weights_; }
   float* master() const { return master_; }
   float* grads() const { return grads_; }
@@ -117,7 +119,15 @@ class GPT2Cuda {
   float* v() const { return v_; }
   void zero_grad();  // queued on the stream
 
-  // Host copies (synchronise the stream).
+  // ZeRO-1 (student): keeps the fp32 master weights and the moments of parameters [begin, end)
+  // only and frees the rest (memory() shrinks accordingly). Once, before the first step.
+  void shard_optimizer_state(size_t begin, size_t end);
+  size_t optimizer_begin() const { return opt_begin_; }
+  size_t optimizer_end() const { return opt_end_; }
+
+  // Host copies (synchronise the stream). With a sharded optimizer state, the [P]-sized master
+  // and moment vectors hold the slice in place: copy_params_to fills the rest from the bf16
+  // weights, download_master and download_moments with zeros; the uploads read the slice only.
   void copy_params_to(GPT2& cpu) const;                    // master (student) or bf16 (teacher)
   void copy_params_from(const GPT2& cpu);                  // master and bf16 weights
   std::vector<float> download_grads() const;               // fp32 [P]
@@ -139,6 +149,7 @@ class GPT2Cuda {
   std::vector<ParamInfo> table_;
   GPT2Layout layout_;
   size_t P_ = 0;
+  size_t opt_begin_ = 0, opt_end_ = 0;  // the parameters master_, m_ and v_ hold
   Role role_;
   int maxB_ = 0, maxT_ = 0;
   cudaStream_t stream_ = nullptr;

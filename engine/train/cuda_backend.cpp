@@ -18,6 +18,7 @@
 
 #include "engine/base/profiler.h"
 #include "engine/base/trace.h"
+#include "engine/train/comm.h"
 #include "engine/train/nccl_comm.h"
 #include "model/gpt2_cuda.h"
 
@@ -230,9 +231,74 @@ struct CudaBackend::Impl {
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
       student->backward(student->logits());
     }
-    if (reducer) reducer->sum_grads(student->grads(), student->num_parameters());
-    cuda::global_norm(&readback_dev->norm, &readback_dev->scale, student->grads(),
-                      student->num_parameters(), grad_clip, stream);
+    reduce_and_norm(grad_clip);
+  }
+
+  // The gradients summed over the ranks (ZeRO-1: only this rank's slice of the sum), then the
+  // global norm and the clip scale, left on the device.
+  void reduce_and_norm(float grad_clip) {
+    float* g = student->grads();
+    const size_t P = student->num_parameters();
+    if (!zero1) {
+      if (reducer) reducer->sum_grads(g, P);
+      cuda::global_norm(&readback_dev->norm, &readback_dev->scale, g, P, grad_clip, stream);
+      return;
+    }
+    // Each rank's slice norm into slot rank of `norms`, gathered; the norm of those norms is the
+    // global norm (sqrt of the sum of the slices' squares), with global_norm's clip scale.
+    reducer->reduce_scatter(g, shard, 0, P);
+    const size_t b = student->optimizer_begin(), e = student->optimizer_end();
+    float* mine = norms + reducer->rank();
+    if (e > b)
+      cuda::global_norm(mine, nullptr, g + b, e - b, 0.0f, stream);
+    else
+      KD_CUDA_CHECK(cudaMemsetAsync(mine, 0, sizeof(float), stream));
+    reducer->all_gather(norms, sizeof(float), sizeof(float) * size_t(reducer->size()));
+    cuda::global_norm(&readback_dev->norm, &readback_dev->scale, norms, size_t(reducer->size()),
+                      grad_clip, stream);
+  }
+
+  // AdamW at step t (the clip scale read on the device); ZeRO-1: on this rank's slice, then the
+  // bf16 weights all-gathered.
+  void update(const AdamWConfig& cfg, int t) {
+    GPT2Cuda& s = *student;
+    if (!zero1) {
+      cuda::adamw_update(s.weights(), s.master(), s.grads(), s.m(), s.v(), spans_dev, num_spans,
+                         s.num_parameters(), cfg, t, 1.0f, &readback_dev->scale, rounding, stream);
+      return;
+    }
+    const size_t b = s.optimizer_begin(), e = s.optimizer_end();
+    if (e > b)
+      cuda::adamw_update(s.weights() + b, s.master(), s.grads() + b, s.m(), s.v(), shard_spans,
+                         num_shard_spans, e - b, cfg, t, 1.0f, &readback_dev->scale, rounding,
+                         stream);
+    reducer->all_gather(s.weights(), shard * sizeof(cuda::bf16),
+                        s.num_parameters() * sizeof(cuda::bf16));
+  }
+
+  // ZeRO-1 from now on: this rank keeps its slice of the master weights and moments (freeing the
+  // rest), with the AdamW spans cut to the slice and rebased to it.
+  void start_zero1() {
+    const size_t P = student->num_parameters();
+    const int ranks = reducer->size();
+    shard = nccl::zero1_shard(P, ranks);
+    const size_t b = std::min(P, size_t(reducer->rank()) * shard), e = std::min(P, b + shard);
+    std::vector<ParamSpan> cut;
+    for (const auto& p : student->table()) {
+      const size_t lo = std::max(b, p.offset), hi = std::min(e, p.offset + p.numel);
+      if (lo < hi) cut.push_back({lo - b, hi - lo, p.decay});
+    }
+    num_shard_spans = static_cast<int>(cut.size());
+    zero1_block = DeviceBlock(align256(size_t(ranks) * sizeof(float)) +
+                              align256(std::max<size_t>(1, cut.size()) * sizeof(ParamSpan)));
+    norms = reinterpret_cast<float*>(zero1_block.get());
+    shard_spans =
+        reinterpret_cast<ParamSpan*>(zero1_block.get() + align256(size_t(ranks) * sizeof(float)));
+    if (!cut.empty())
+      KD_CUDA_CHECK(cudaMemcpyAsync(shard_spans, cut.data(), cut.size() * sizeof(ParamSpan),
+                                    cudaMemcpyHostToDevice, stream));
+    student->shard_optimizer_state(b, e);  // synchronises
+    zero1 = true;
   }
 
   // The step's only synchronisation: sums, norm and scale to the host. reduce: sum the loss sums
@@ -291,6 +357,14 @@ struct CudaBackend::Impl {
   std::unique_ptr<PinnedBlock> pinned_tokens, pinned_readback;
   std::unique_ptr<EventClock> clock;         // the profiler's, created on request
   nccl::NcclStepReducer* reducer = nullptr;  // data parallelism (not owned); null: one rank
+  // ZeRO-1 (reducer->shard_optimizer()): the shard size, the ranks' slice norms and this rank's
+  // AdamW spans (rebased to its slice), in zero1_block.
+  bool zero1 = false;
+  size_t shard = 0;
+  DeviceBlock zero1_block;
+  float* norms = nullptr;
+  ParamSpan* shard_spans = nullptr;
+  int num_shard_spans = 0;
 };
 
 CudaBackend::CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
@@ -310,11 +384,8 @@ StepResult CudaBackend::step(const int32_t* inputs, const int32_t* targets, floa
     KD_RANGE_P("optimizer", Phase::Optimizer, t);
     AdamWConfig cfg = im.adamw;
     cfg.lr = lr;
-    GPT2Cuda& s = *im.student;
     // The clip scale stays on the device: global_norm wrote it, adamw_update reads it.
-    cuda::adamw_update(s.weights(), s.master(), s.grads(), s.m(), s.v(), im.spans_dev, im.num_spans,
-                       s.num_parameters(), cfg, t, 1.0f, &im.readback_dev->scale, im.rounding,
-                       im.stream);
+    im.update(cfg, t);
   }
   return im.finish(true);
 }
@@ -323,8 +394,10 @@ void CudaBackend::set_reducer(StepReducer* reducer) {
   auto* r = dynamic_cast<nccl::NcclStepReducer*>(reducer);
   KD_REQUIRE(reducer == nullptr || r != nullptr,
              "CudaBackend::set_reducer: the reducer must work on device memory (NcclStepReducer)");
+  KD_REQUIRE(!impl_->zero1, "CudaBackend::set_reducer: the optimizer state is already sharded");
   if (r != nullptr) r->bind_stream(impl_->stream);
   impl_->reducer = r;
+  if (r != nullptr && r->shard_optimizer() && r->size() > 1) impl_->start_zero1();
 }
 
 StepResult CudaBackend::accumulate(const int32_t* inputs, const int32_t* targets) {
@@ -343,6 +416,13 @@ LossSums CudaBackend::eval_teacher(const int32_t* inputs, const int32_t* targets
 
 void CudaBackend::save_state(GPT2& cpu_model, std::vector<float>& m, std::vector<float>& v) {
   impl_->student->copy_params_to(cpu_model);
+  if (impl_->zero1) {  // every rank's fp32 slice to every rank (collective)
+    const size_t P = cpu_model.params.size();
+    for (int q = 0; q < impl_->reducer->size(); ++q) {
+      const size_t b = std::min(P, size_t(q) * impl_->shard), e = std::min(P, b + impl_->shard);
+      if (e > b) comm::broadcast(cpu_model.params.data() + b, (e - b) * sizeof(float), q);
+    }
+  }
   impl_->student->download_moments(m, v);
 }
 
@@ -373,7 +453,8 @@ std::vector<float> CudaBackend::student_logits(const int32_t* tokens, int B, int
 
 size_t CudaBackend::device_bytes() const {
   const Impl& im = *impl_;
-  size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes();
+  size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes() +
+             im.zero1_block.bytes();
   if (im.teacher) b += im.teacher->memory().total();
   return b;
 }
@@ -397,7 +478,7 @@ MemoryPlan CudaBackend::memory_plan() const {
   p.teacher_weights = im.teacher ? im.teacher->memory().weights : 0;
   p.teacher_scratch = im.teacher ? im.teacher->memory().scratch : 0;
   p.loss_workspace = im.loss_block.bytes();
-  p.other = im.other_block.bytes();
+  p.other = im.other_block.bytes() + im.zero1_block.bytes();
   return p;
 }
 

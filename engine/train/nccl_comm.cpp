@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -28,7 +29,7 @@
 
 namespace kd {
 
-std::unique_ptr<StepReducer> make_step_reducer(Backend& backend) {
+std::unique_ptr<StepReducer> make_step_reducer(Backend& backend, bool shard_optimizer) {
   const bool gpu = std::string(backend.name()) == "cuda";
   const std::vector<uint64_t> all = comm::allgather(gpu ? 1 : 0);
   for (size_t r = 1; r < all.size(); ++r)
@@ -39,7 +40,7 @@ std::unique_ptr<StepReducer> make_step_reducer(Backend& backend) {
                        " one: every rank must use the same device (set run.device to \"cpu\" or "
                        "\"cuda\" instead of \"auto\", or give every node a GPU)");
   if (!gpu) return std::make_unique<comm::MpiStepReducer>();
-  return std::make_unique<nccl::NcclStepReducer>();
+  return std::make_unique<nccl::NcclStepReducer>(shard_optimizer);
 }
 
 namespace nccl {
@@ -114,36 +115,40 @@ int select_device() {
 #endif
 }
 
+size_t zero1_shard(size_t n, int ranks) {
+  KD_REQUIRE(ranks >= 1, "zero1_shard: ranks must be >= 1");
+  const size_t per = (n + size_t(ranks) - 1) / size_t(ranks);
+  return (per + 15) / 16 * 16;
+}
+
 #ifdef KD_WITH_NCCL
 
 namespace {
 
 // NCCL's entry points. The real build resolves them in libnccl.so.2 when the first communicator is
 // created (the loader's search path first: LD_LIBRARY_PATH, e.g. PyTorch's NCCL wheel; then the
-// library CMake found); the emulated build takes the emulator's.
+// library CMake found); the emulated build takes the emulator's. api().ncclX is ::ncclX.
+#define KD_NCCL_CALLS(X)                                                                           \
+  X(ncclGetVersion)                                                                                \
+  X(ncclGetUniqueId)                                                                               \
+  X(ncclCommInitRank)                                                                              \
+  X(ncclCommDestroy)                                                                               \
+  X(ncclCommAbort) X(ncclGetErrorString) X(ncclGetLastError) X(ncclAllReduce) X(ncclReduceScatter) \
+      X(ncclAllGather) X(ncclReduce) X(ncclBroadcast) X(ncclGroupStart) X(ncclGroupEnd)
+
 struct Api {
-  decltype(&ncclGetUniqueId) get_unique_id = nullptr;
-  decltype(&ncclCommInitRank) comm_init_rank = nullptr;
-  decltype(&ncclCommDestroy) comm_destroy = nullptr;
-  decltype(&ncclCommAbort) comm_abort = nullptr;
-  decltype(&ncclAllReduce) all_reduce = nullptr;
-  decltype(&ncclGetErrorString) error_string = nullptr;
-  decltype(&ncclGetLastError) last_error = nullptr;
-  decltype(&ncclGetVersion) get_version = nullptr;
+#define KD_NCCL_FIELD(f) decltype(&::f) f = nullptr;
+  KD_NCCL_CALLS(KD_NCCL_FIELD)
+#undef KD_NCCL_FIELD
 };
 
 const Api& api() {
   static const Api a = [] {
     Api x;
 #ifdef KD_NCCL_LINKED
-    x.get_unique_id = &ncclGetUniqueId;
-    x.comm_init_rank = &ncclCommInitRank;
-    x.comm_destroy = &ncclCommDestroy;
-    x.comm_abort = &ncclCommAbort;
-    x.all_reduce = &ncclAllReduce;
-    x.error_string = &ncclGetErrorString;
-    x.last_error = &ncclGetLastError;
-    x.get_version = &ncclGetVersion;
+#define KD_NCCL_LINK(f) x.f = &::f;
+    KD_NCCL_CALLS(KD_NCCL_LINK)
+#undef KD_NCCL_LINK
 #else
     void* lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
     if (lib == nullptr) lib = dlopen(KD_NCCL_LIBRARY, RTLD_NOW | RTLD_LOCAL);
@@ -153,20 +158,12 @@ const Api& api() {
                        dlerror() +
                        "); add the folder holding it to LD_LIBRARY_PATH (the CUDA toolkit's "
                        "lib64, or the nvidia/nccl/lib folder of PyTorch's NCCL package)");
-    auto sym = [&](auto& f, const char* name) {
-      f = reinterpret_cast<std::remove_reference_t<decltype(f)> >(dlsym(lib, name));
-      if (f == nullptr)
-        throw InputError(std::string("libnccl.so.2 has no ") + name +
-                         ": NCCL 2.19 or newer needed");
-    };
-    sym(x.get_unique_id, "ncclGetUniqueId");
-    sym(x.comm_init_rank, "ncclCommInitRank");
-    sym(x.comm_destroy, "ncclCommDestroy");
-    sym(x.comm_abort, "ncclCommAbort");
-    sym(x.all_reduce, "ncclAllReduce");
-    sym(x.error_string, "ncclGetErrorString");
-    sym(x.last_error, "ncclGetLastError");
-    sym(x.get_version, "ncclGetVersion");
+#define KD_NCCL_DLSYM(f)                                  \
+  x.f = reinterpret_cast<decltype(&::f)>(dlsym(lib, #f)); \
+  if (x.f == nullptr)                                     \
+    throw InputError(std::string("libnccl.so.2 has no " #f ": NCCL 2.19 or newer needed"));
+    KD_NCCL_CALLS(KD_NCCL_DLSYM)
+#undef KD_NCCL_DLSYM
 #endif
     return x;
   }();
@@ -177,7 +174,7 @@ const Api& api() {
 
 int library_version() {
   int v = 0;
-  if (api().get_version(&v) != ncclSuccess) throw std::runtime_error("ncclGetVersion failed");
+  if (api().ncclGetVersion(&v) != ncclSuccess) throw std::runtime_error("ncclGetVersion failed");
   return v;
 }
 
@@ -190,21 +187,23 @@ struct NcclStepReducer::Impl {
   void check(ncclResult_t r, const char* what) const {
     if (r == ncclSuccess) return;
     const Api& a = api();
-    std::string msg =
-        "rank " + std::to_string(comm::rank()) + ": " + what + " failed: " + a.error_string(r);
-    const char* last = a.last_error(comm);
+    std::string msg = "rank " + std::to_string(comm::rank()) + ": " + what +
+                      " failed: " + a.ncclGetErrorString(r);
+    const char* last = a.ncclGetLastError(comm);
     if (last != nullptr && *last != '\0') msg += std::string(" (") + last + ")";
     throw std::runtime_error(msg + "; NCCL_DEBUG=WARN (or INFO) says more");
   }
 };
 
-NcclStepReducer::NcclStepReducer() : impl_(std::make_unique<Impl>()) {
+NcclStepReducer::NcclStepReducer(bool shard_optimizer)
+    : impl_(std::make_unique<Impl>()), shard_(shard_optimizer) {
   const Api& a = api();
   ncclUniqueId id;
   std::memset(&id, 0, sizeof id);
-  if (comm::is_root()) impl_->check(a.get_unique_id(&id), "ncclGetUniqueId");
+  if (comm::is_root()) impl_->check(a.ncclGetUniqueId(&id), "ncclGetUniqueId");
   comm::broadcast(&id, sizeof id);
-  impl_->check(a.comm_init_rank(&impl_->comm, comm::size(), id, comm::rank()), "ncclCommInitRank");
+  impl_->check(a.ncclCommInitRank(&impl_->comm, comm::size(), id, comm::rank()),
+               "ncclCommInitRank");
 }
 
 NcclStepReducer::~NcclStepReducer() {
@@ -212,9 +211,9 @@ NcclStepReducer::~NcclStepReducer() {
   // After an exception the step stream may still hold queued collectives that other ranks will
   // never join: abort instead of waiting for them.
   if (std::uncaught_exceptions() > 0)
-    api().comm_abort(impl_->comm);
+    api().ncclCommAbort(impl_->comm);
   else
-    api().comm_destroy(impl_->comm);
+    api().ncclCommDestroy(impl_->comm);
 }
 
 void NcclStepReducer::bind_stream(void* stream) {
@@ -228,15 +227,86 @@ int64_t NcclStepReducer::sum_rows(int64_t local) {
   return comm::MpiStepReducer().sum_rows(local);
 }
 
+int NcclStepReducer::rank() const {
+  return comm::rank();
+}
+int NcclStepReducer::size() const {
+  return comm::size();
+}
+
 void NcclStepReducer::sum_grads(float* grads, size_t n) {
   KD_REQUIRE(impl_->bound, "NcclStepReducer::sum_grads before bind_stream");
   KD_RANGE_P("comm_grads", Phase::Comm, static_cast<int64_t>(n));
-  impl_->check(api().all_reduce(grads, grads, n, ncclFloat32, ncclSum, impl_->comm, impl_->stream),
-               "ncclAllReduce of the gradients");
+  impl_->check(
+      api().ncclAllReduce(grads, grads, n, ncclFloat32, ncclSum, impl_->comm, impl_->stream),
+      "ncclAllReduce of the gradients");
 }
 
 void NcclStepReducer::sum_losses(LossSums& sums) {
   comm::MpiStepReducer().sum_losses(sums);
+}
+
+void NcclStepReducer::sum_doubles(double* data, size_t n) {
+  KD_REQUIRE(impl_->bound, "NcclStepReducer::sum_doubles before bind_stream");
+  KD_RANGE_P("comm_doubles", Phase::Comm, static_cast<int64_t>(n));
+  impl_->check(api().ncclAllReduce(data, data, n, ncclFloat64, ncclSum, impl_->comm, impl_->stream),
+               "ncclAllReduce of doubles");
+}
+
+void NcclStepReducer::reduce_scatter(float* data, size_t shard, size_t begin, size_t end) {
+  KD_REQUIRE(impl_->bound, "NcclStepReducer::reduce_scatter before bind_stream");
+  const size_t ranks = static_cast<size_t>(size());
+  KD_REQUIRE(begin <= end && end <= ranks * shard,
+             "NcclStepReducer::reduce_scatter: range beyond size() * shard");
+  KD_RANGE_P("comm_grads", Phase::Comm, static_cast<int64_t>(end - begin));
+  const Api& a = api();
+  if (begin == 0 && end == ranks * shard) {
+    impl_->check(a.ncclReduceScatter(data, data + size_t(rank()) * shard, shard, ncclFloat32,
+                                     ncclSum, impl_->comm, impl_->stream),
+                 "ncclReduceScatter of the gradients");
+    return;
+  }
+  // Any other range: rank q receives the sum of its part of it (one reduce to each owner).
+  impl_->check(a.ncclGroupStart(), "ncclGroupStart");
+  for (size_t q = 0; q < ranks; ++q) {
+    const size_t b = std::max(begin, q * shard), e = std::min(end, (q + 1) * shard);
+    if (b >= e) continue;
+    impl_->check(a.ncclReduce(data + b, data + b, e - b, ncclFloat32, ncclSum, int(q), impl_->comm,
+                              impl_->stream),
+                 "ncclReduce of a gradient range");
+  }
+  impl_->check(a.ncclGroupEnd(), "ncclGroupEnd");
+}
+
+void NcclStepReducer::all_gather(void* data, size_t shard_bytes, size_t total_bytes) {
+  KD_REQUIRE(impl_->bound, "NcclStepReducer::all_gather before bind_stream");
+  const size_t ranks = static_cast<size_t>(size());
+  KD_REQUIRE(total_bytes <= ranks * shard_bytes,
+             "NcclStepReducer::all_gather: total_bytes beyond size() * shard_bytes");
+  KD_RANGE_P("comm_params", Phase::Comm, static_cast<int64_t>(total_bytes));
+  const Api& a = api();
+  char* bytes = static_cast<char*>(data);
+  if (total_bytes == ranks * shard_bytes) {
+    impl_->check(a.ncclAllGather(bytes + size_t(rank()) * shard_bytes, bytes, shard_bytes,
+                                 ncclUint8, impl_->comm, impl_->stream),
+                 "ncclAllGather of the parameters");
+    return;
+  }
+  impl_->check(a.ncclGroupStart(), "ncclGroupStart");
+  for (size_t q = 0; q < ranks; ++q) {
+    const size_t b = std::min(total_bytes, q * shard_bytes);
+    const size_t e = std::min(total_bytes, b + shard_bytes);
+    if (b >= e) continue;
+    impl_->check(
+        a.ncclBroadcast(bytes + b, bytes + b, e - b, ncclUint8, int(q), impl_->comm, impl_->stream),
+        "ncclBroadcast of a parameter slice");
+  }
+  impl_->check(a.ncclGroupEnd(), "ncclGroupEnd");
+}
+
+void NcclStepReducer::finish() {
+  KD_REQUIRE(impl_->bound, "NcclStepReducer::finish before bind_stream");
+  KD_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
 }
 
 #else  // no NCCL in this build
@@ -247,7 +317,7 @@ int library_version() {
 
 struct NcclStepReducer::Impl {};
 
-NcclStepReducer::NcclStepReducer() {
+NcclStepReducer::NcclStepReducer(bool) {
   throw InputError(
       "data-parallel training on GPUs needs NCCL, and this kdengine was built without it (it needs "
       "the CUDA backend, MPI and the CUDA toolkit's nccl.h); set run.device = \"cpu\" or run a "
@@ -260,6 +330,16 @@ int64_t NcclStepReducer::sum_rows(int64_t local) {
 }
 void NcclStepReducer::sum_grads(float*, size_t) {}
 void NcclStepReducer::sum_losses(LossSums&) {}
+int NcclStepReducer::rank() const {
+  return 0;
+}
+int NcclStepReducer::size() const {
+  return 1;
+}
+void NcclStepReducer::sum_doubles(double*, size_t) {}
+void NcclStepReducer::reduce_scatter(float*, size_t, size_t, size_t) {}
+void NcclStepReducer::all_gather(void*, size_t, size_t) {}
+void NcclStepReducer::finish() {}
 
 #endif
 

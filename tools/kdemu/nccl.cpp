@@ -14,6 +14,9 @@
 //                                             recv == send + r * rc
 //   ncclAllGather(send, recv, sc, ...)        recv = every rank's sc elements, rank after rank; in
 //                                             place when send == recv + r * sc
+//   ncclReduce(send, recv, n, ..., root)      recv on root = the sum of send; in place when
+//                                             send == recv (recv is not used on other ranks)
+//   ncclBroadcast(send, recv, n, ..., root)   recv = root's send; in place when send == recv
 //   buffers must lie inside device allocations (cudaMalloc), as NCCL requires device memory.
 // Reductions: ncclSum on int32/int64/uint64/float32/float64 (bf16 and half only move, in
 // all-gathers). NCCL_DEBUG=INFO prints the communicator's creation, and with NCCL_DEBUG_SUBSYS
@@ -381,6 +384,50 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
   const void* src = in_place ? MPI_IN_PLACE : sendbuff;
   return mpi_result(
       MPI_Allgather(src, int(sbytes), MPI_BYTE, recvbuff, int(sbytes), MPI_BYTE, comm->mpi), what);
+}
+
+ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t) {
+  const char* what = "ncclReduce";
+  if (ncclResult_t r = check_comm(comm, what); r != ncclSuccess) return r;
+  const MPI_Datatype t = sum_type(datatype);
+  if (op != ncclSum || t == MPI_DATATYPE_NULL)
+    return refuse(ncclInvalidArgument,
+                  "%s: only ncclSum on int32/int64/uint64/float32/float64 is emulated (op %d, type "
+                  "%d)",
+                  what, int(op), int(datatype));
+  if (root < 0 || root >= comm->size)
+    return refuse(ncclInvalidArgument, "%s: root %d outside [0, %d)", what, root, comm->size);
+  if (count > size_t(INT_MAX)) return refuse(ncclInvalidArgument, "%s: count too large", what);
+  const size_t bytes = count * type_size(datatype);
+  if (ncclResult_t r = check_buffer(sendbuff, bytes, what, "send"); r != ncclSuccess) return r;
+  const bool is_root = comm->rank == root;
+  if (is_root)
+    if (ncclResult_t r = check_buffer(recvbuff, bytes, what, "receive"); r != ncclSuccess) return r;
+  if (debug_coll())
+    std::fprintf(stderr, "kdemu NCCL INFO Reduce: rank %d count %zu datatype %d op %d root %d\n",
+                 comm->rank, count, int(datatype), int(op), root);
+  const void* src = is_root && sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff;
+  return mpi_result(MPI_Reduce(src, recvbuff, int(count), t, MPI_SUM, root, comm->mpi), what);
+}
+
+ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count,
+                           ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t) {
+  const char* what = "ncclBroadcast";
+  if (ncclResult_t r = check_comm(comm, what); r != ncclSuccess) return r;
+  const size_t es = type_size(datatype), bytes = count * es;
+  if (es == 0) return refuse(ncclInvalidArgument, "%s: unknown datatype %d", what, int(datatype));
+  if (root < 0 || root >= comm->size)
+    return refuse(ncclInvalidArgument, "%s: root %d outside [0, %d)", what, root, comm->size);
+  if (bytes > size_t(INT_MAX)) return refuse(ncclInvalidArgument, "%s: count too large", what);
+  if (comm->rank == root)
+    if (ncclResult_t r = check_buffer(sendbuff, bytes, what, "send"); r != ncclSuccess) return r;
+  if (ncclResult_t r = check_buffer(recvbuff, bytes, what, "receive"); r != ncclSuccess) return r;
+  if (debug_coll())
+    std::fprintf(stderr, "kdemu NCCL INFO Broadcast: rank %d count %zu datatype %d root %d\n",
+                 comm->rank, count, int(datatype), root);
+  if (comm->rank == root && sendbuff != recvbuff) std::memmove(recvbuff, sendbuff, bytes);
+  return mpi_result(MPI_Bcast(recvbuff, int(bytes), MPI_BYTE, root, comm->mpi), what);
 }
 
 }  // extern "C"

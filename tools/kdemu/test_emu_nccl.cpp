@@ -4,6 +4,7 @@
 //   ncclAllReduce      (in place and not) = the element-wise sum of both ranks' data
 //   ncclReduceScatter  (in place and not) = this rank's block of that sum
 //   ncclAllGather      (in place and not, bf16 as raw 16-bit values) = the ranks' blocks in order
+//   ncclReduce, ncclBroadcast (in place) = the sum on the root, the root's data everywhere
 // and the refusals: a host buffer, a reduction the emulator does not do, and a second
 // communicator with both ranks on one device ("Duplicate GPU detected", as NCCL says).
 // Skipped where the build has no NCCL (it needs MPI and nccl.h) or mpirun is missing.
@@ -117,6 +118,14 @@ void rank_body() {
   ASSERT_EQ(ncclAllGather(ag_src, ag_dst, 2 * block, ncclBfloat16, comm, s), ncclSuccess);
   EXPECT_EQ(host_copy(ag_dst, n), gathered);
 
+  // reduce to rank 1 and broadcast from rank 0, both in place
+  float* red = device_copy(mine);
+  ASSERT_EQ(ncclReduce(red, red, n, ncclFloat32, ncclSum, 1, comm, s), ncclSuccess);
+  if (rank == 1) EXPECT_EQ(host_copy(red, n), sum);
+  float* bc = device_copy(mine);
+  ASSERT_EQ(ncclBroadcast(bc, bc, n, ncclFloat32, 0, comm, s), ncclSuccess);
+  EXPECT_EQ(host_copy(bc, n), data_of(0, n));
+
   // refusals
   std::vector<float> host(n);
   EXPECT_EQ(ncclAllReduce(host.data(), host.data(), n, ncclFloat32, ncclSum, comm, s),
@@ -137,7 +146,7 @@ void rank_body() {
             std::string::npos);
   EXPECT_EQ(dup, nullptr);
 
-  for (float* p : {a, src, dst, rs, rs_src, rs_dst, ag, ag_src, ag_dst}) cudaFree(p);
+  for (float* p : {a, src, dst, rs, rs_src, rs_dst, ag, ag_src, ag_dst, red, bc}) cudaFree(p);
   cudaStreamDestroy(s);
   if (!::testing::Test::HasFailure()) std::printf("emu nccl: rank %d ok\n", rank);
   MPI_Finalize();
