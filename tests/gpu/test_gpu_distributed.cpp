@@ -312,6 +312,7 @@ TEST_F(GpuDistributed, MoreRanksThanGpusIsAClearError) {
 //    for 4 steps, then a bf16 flip at step 5 spreads; after 7 steps every weight differs, 120 of
 //    117,568 by more than 2^-8 x sum(lr), the largest by 2.6e-3, a weight with a noise-level
 //    gradient). Every rank must hold the same weights as the others, in A and in B.
+// Also (emulated): a sharded step synchronises the host once and allocates nothing.
 // Also: B's memory plan holds its slice of the master weights and moments only, its slice of the
 // moments is trained (non-zero) and the rest reported zero; a sharded backend C loaded from A's
 // saved state continues like A (bitwise at 2 ranks).
@@ -435,6 +436,21 @@ void zero1_rank_body() {
   ZeroRun resumed;
   step_both(a, c, ++step, 0.0f, resumed);
   const Diff d2 = compare(a, c);
+#ifdef KD_EMULATED_GPUS
+  // The collectives are queued on the step's stream: a sharded step still synchronises the host
+  // once and allocates nothing (the emulator counts both).
+  {
+    const auto in = micro_batch(++step, rank, B, T, cfg.vocab_size, false);
+    const auto tg = micro_batch(step, rank, B, T, cfg.vocab_size, true);
+    const emu::RuntimeCounts before = emu::runtime_counts();
+    b.step(in.data(), tg.data(), adamw.lr, clip, step);
+    const emu::RuntimeCounts after = emu::runtime_counts();
+    EXPECT_EQ(after.host_syncs - before.host_syncs, 1) << who;
+    EXPECT_EQ(after.mallocs - before.mallocs, 0) << who;
+    EXPECT_EQ(after.async_mallocs - before.async_mallocs, after.async_frees - before.async_frees)
+        << who;
+  }
+#endif
   if (ranks == 2) {
     EXPECT_EQ(d2.w.max, 0.0) << who;
     EXPECT_EQ(resumed.loss_a, resumed.loss_b);
