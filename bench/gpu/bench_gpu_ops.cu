@@ -216,7 +216,7 @@ void BM_kd_loss(benchmark::State& state) {
   // The gradient overwrites the logits; refill them each call would be timed, so the later calls
   // see gradients as logits: the work per logit is the same.
   run_timed(state, logits * 6.0, logits * 40.0, [&](int) {
-    kd::cuda::kd_loss(z.get(), sums.get(), z.get(), t.get(), kVt, targets.get(), N, kV, cfg,
+    kd::cuda::kd_loss(z.get(), sums.get(), z.get(), kV, t.get(), kVt, targets.get(), N, kV, cfg,
                       1.0f / N, 0);
   });
   state.SetLabel(div == kd::Divergence::ForwardKL   ? "forward KL"

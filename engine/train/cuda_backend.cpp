@@ -221,7 +221,7 @@ struct CudaBackend::Impl {
       }
       {
         KD_RANGE_P("loss", Phase::Loss, a);
-        cuda::kd_loss(student->logits(), &readback_dev->sums, student->logits(),
+        cuda::kd_loss(student->logits(), &readback_dev->sums, student->logits(), V,
                       teacher ? tlogits : nullptr, Vt, tg, static_cast<int>(N), V, loss, inv_norm,
                       stream);
       }
@@ -257,12 +257,12 @@ struct CudaBackend::Impl {
     // No phase ranges inside an evaluation (as on the CPU): the caller's "eval" range holds it.
     if (teacher) teacher->forward_inference(tlogits, tokens_dev, b, t);
     if (teacher_only) {
-      cuda::kd_loss(nullptr, &readback_dev->sums, tlogits, nullptr, Vt, targets_dev,
+      cuda::kd_loss(nullptr, &readback_dev->sums, tlogits, Vt, nullptr, Vt, targets_dev,
                     static_cast<int>(n), Vt, ce, 1.0f, stream);
     } else {
       student->forward_inference(student->logits(), tokens_dev, b, t);
       ce.temperature = temperature;
-      cuda::kd_loss(nullptr, &readback_dev->sums, student->logits(), teacher ? tlogits : nullptr,
+      cuda::kd_loss(nullptr, &readback_dev->sums, student->logits(), V, teacher ? tlogits : nullptr,
                     Vt, targets_dev, static_cast<int>(n), V, ce, 1.0f, stream);
     }
     return finish().sums;
