@@ -359,6 +359,11 @@ TEST(GpuModel, MemoryPlanHoldsOneChunkOfLogits) {
     EXPECT_EQ(p.total(), q.total());
     EXPECT_EQ(p.loss_workspace, q.loss_workspace);
     EXPECT_EQ(tr.device_bytes(), p.total());
+    // kdengine check prints this plan for device = "cuda", the CPU's for "cpu".
+    EXPECT_EQ(kd::memory_plan_for(kd::Device::Cuda, student_config(), &tc, shape).total(),
+              p.total());
+    EXPECT_EQ(kd::memory_plan_for(kd::Device::Cpu, student_config(), &tc, shape).total(),
+              kd::cpu_memory_plan(student_config(), &tc, shape).total());
     const int rows = chunk > 0 ? chunk : kB * kT;  // automatic: the 128 rows fit one chunk
     EXPECT_EQ(tr.loss_chunk_rows(), rows);
     const size_t logits = size_t(rows) * (V + Vt) * 2;
