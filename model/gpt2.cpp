@@ -111,15 +111,17 @@ void GPT2::zero_grad() {
 
 size_t GPT2::activation_bytes(const GPT2Config& cfg, int B, int T) {
   const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd, L = cfg.n_layer, NH = cfg.n_head;
-  size_t floats = N * C;                               // encoded
-  floats += L * (N * C + 2 * N);                       // ln1 + stats
-  floats += L * (N * 3 * C + N * C + NH * N + N * C);  // qkv, atty, lse, attproj
-  floats += L * (N * C + N * C + 2 * N);               // res2, ln2 + stats
-  floats += L * (2 * N * 4 * C + 2 * N * C);           // fch, fch_gelu, fcproj, res3
-  floats += N * C + 2 * N;                             // lnf + stats
-  floats += logits_bytes(cfg, B, T) / sizeof(float);   // logits (forward(); not forward_hidden())
-  // backward scratch: dresidual, dres2, dC, dlnf [N,C]; d4C x2 [N,4C]; dqkv [N,3C]
-  floats += 4 * N * C + 8 * N * C + 3 * N * C;
+  size_t floats = N * C;                              // encoded
+  floats += L * (N * C + 2 * N);                      // ln1 + stats
+  floats += L * (N * 3 * C + N * C + NH * N);         // qkv, atty, lse
+  floats += L * (N * C + N * C + 2 * N);              // res2, ln2 + stats
+  floats += L * (N * 4 * C + N * C);                  // fch, res3
+  floats += N * C + N * 4 * C;                        // one layer's proj and gelu scratch
+  floats += N * C + 2 * N;                            // lnf + stats
+  floats += logits_bytes(cfg, B, T) / sizeof(float);  // logits (forward(); not forward_hidden())
+  // backward scratch: dresidual, dres2, dC [N,C]; d4 [N,4C] (then dqkv); the rest reuses the
+  // forward's one-layer scratch
+  floats += 3 * N * C + 4 * N * C;
   return floats * sizeof(float);
 }
 
@@ -127,8 +129,8 @@ size_t GPT2::logits_bytes(const GPT2Config& cfg, int B, int T) {
   return static_cast<size_t>(B) * T * cfg.vocab_size * sizeof(float);
 }
 
-size_t GPT2::inference_scratch_bytes(const GPT2Config& cfg, int B, int T) {
-  const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd, NH = cfg.n_head;
+size_t GPT2::inference_scratch_bytes(const GPT2Config& cfg, int /*B*/, int T) {
+  const size_t N = static_cast<size_t>(T), C = cfg.n_embd, NH = cfg.n_head;  // one sequence
   // residual x2, ln, qkv, atty, proj, fch, gelu, lse, mean, rstd
   return (4 * N * C + 3 * N * C + 8 * N * C + NH * N + 2 * N) * sizeof(float);
 }
@@ -148,15 +150,14 @@ void GPT2::ensure_acts(int B, int T) {
   a.qkv.assign(L * N * 3 * C, 0);
   a.atty.assign(L * N * C, 0);
   a.att_lse.assign(L * NH * N, 0);
-  a.attproj.assign(L * N * C, 0);
   a.res2.assign(L * N * C, 0);
   a.ln2.assign(L * N * C, 0);
   a.ln2_mean.assign(L * N, 0);
   a.ln2_rstd.assign(L * N, 0);
   a.fch.assign(L * N * 4 * C, 0);
-  a.fch_gelu.assign(L * N * 4 * C, 0);
-  a.fcproj.assign(L * N * C, 0);
   a.res3.assign(L * N * C, 0);
+  a.proj.assign(N * C, 0);
+  a.gelu.assign(N * 4 * C, 0);
   a.lnf.assign(N * C, 0);
   a.lnf_mean.assign(N, 0);
   a.lnf_rstd.assign(N, 0);
@@ -201,24 +202,22 @@ void GPT2::forward_hidden(const int32_t* tokens, int B, int T) {
     float* qkv = a.qkv.data() + l * 3 * NC;
     float* atty = a.atty.data() + l * NC;
     float* lse = a.att_lse.data() + static_cast<size_t>(l) * NH * N;
-    float* attproj = a.attproj.data() + l * NC;
     float* res2 = a.res2.data() + l * NC;
     float* ln2 = a.ln2.data() + l * NC;
     float* fch = a.fch.data() + l * 4 * NC;
-    float* fch_gelu = a.fch_gelu.data() + l * 4 * NC;
-    float* fcproj = a.fcproj.data() + l * NC;
     float* res3 = a.res3.data() + l * NC;
     cpu::layernorm_forward(ln1, a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, residual,
                            w.ln1w, w.ln1b, N, C);
     cpu::matmul_forward(qkv, ln1, w.qkvw, w.qkvb, N, C, 3 * C, Layout::InOut);
     cpu::attention_forward(atty, lse, qkv, B, T, C, NH);
-    cpu::matmul_forward(attproj, atty, w.attprojw, w.attprojb, N, C, C, Layout::InOut);
+    cpu::matmul_forward(a.proj.data(), atty, w.attprojw, w.attprojb, N, C, C, Layout::InOut);
     cpu::residual_layernorm_forward(res2, ln2, a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N,
-                                    residual, attproj, w.ln2w, w.ln2b, N,
+                                    residual, a.proj.data(), w.ln2w, w.ln2b, N,
                                     C);  // res2 = residual + attproj; ln2 = LN(res2)
-    cpu::matmul_gelu_forward(fch, fch_gelu, ln2, w.fcw, w.fcb, N, C, 4 * C);
-    cpu::matmul_forward(fcproj, fch_gelu, w.fcprojw, w.fcprojb, N, 4 * C, C, Layout::InOut);
-    cpu::residual_forward(res3, res2, fcproj, NC);
+    cpu::matmul_gelu_forward(fch, a.gelu.data(), ln2, w.fcw, w.fcb, N, C, 4 * C);
+    cpu::matmul_forward(a.proj.data(), a.gelu.data(), w.fcprojw, w.fcprojb, N, 4 * C, C,
+                        Layout::InOut);
+    cpu::residual_forward(res3, res2, a.proj.data(), NC);
     residual = res3;
   }
   cpu::layernorm_forward(a.lnf.data(), a.lnf_mean.data(), a.lnf_rstd.data(), residual,
@@ -243,10 +242,15 @@ void GPT2::backward_hidden(const float* dhidden) {
   Acts& a = acts_;
   float* P = params.data();
   float* G = grads.data();
-  // Gradient scratch (zeroed before each use because backward ops accumulate).
-  std::vector<float> dresidual(NC), dres2(NC), dC(NC), dlnf(NC);
-  std::vector<float> d4a(4 * NC), d4b(4 * NC), dqkv(3 * NC);
-  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); };
+  // Gradient scratch (zeroed before each use because backward ops accumulate). d4 holds
+  // d(gelu(fch)) [N,4C], later d(qkv) [N,3C]; the forward's one-layer scratch is reused too: gelu
+  // holds the recomputed gelu(fch), then d(fch); proj holds d(attproj).
+  std::vector<float> dresidual(NC), dres2(NC), dC(NC), d4(4 * NC);
+  auto zero = [](auto& v) { std::fill(v.begin(), v.end(), 0.0f); };
+  float* dgelu = d4.data();
+  float* dqkv = d4.data();
+  float* dfch = a.gelu.data();
+  float* dattproj = a.proj.data();
 
   const float* last = cfg_.n_layer > 0 ? a.res3.data() + (cfg_.n_layer - 1) * NC : a.encoded.data();
   cpu::layernorm_backward(dresidual.data(), grad("ln_f.weight"), grad("ln_f.bias"), dhidden, last,
@@ -263,35 +267,33 @@ void GPT2::backward_hidden(const float* dhidden) {
     const float* res2 = a.res2.data() + l * NC;
     const float* ln2 = a.ln2.data() + l * NC;
     const float* fch = a.fch.data() + l * 4 * NC;
-    const float* fch_gelu = a.fch_gelu.data() + l * 4 * NC;
 
     // res3 = res2 + fcproj
     zero(dres2);
     zero(dC);
     cpu::residual_backward(dres2.data(), dC.data(), dresidual.data(), NC);
-    // fcproj = gelu(fch) · W + b
-    zero(d4a);
-    cpu::matmul_backward(d4a.data(), g.fcprojw, g.fcprojb, dC.data(), fch_gelu, w.fcprojw, N, 4 * C,
+    // fcproj = gelu(fch) · W + b, with gelu(fch) recomputed (the forward kept only fch)
+    cpu::gelu_forward(a.gelu.data(), fch, 4 * NC);
+    zero(d4);
+    cpu::matmul_backward(dgelu, g.fcprojw, g.fcprojb, dC.data(), a.gelu.data(), w.fcprojw, N, 4 * C,
                          C, Layout::InOut);
-    zero(d4b);
-    cpu::gelu_backward(d4b.data(), fch, d4a.data(), 4 * NC);
+    zero(a.gelu);  // gelu(fch) is used: its buffer becomes d(fch)
+    cpu::gelu_backward(dfch, fch, dgelu, 4 * NC);
     zero(dC);
-    cpu::matmul_backward(dC.data(), g.fcw, g.fcb, d4b.data(), ln2, w.fcw, N, C, 4 * C,
-                         Layout::InOut);
+    cpu::matmul_backward(dC.data(), g.fcw, g.fcb, dfch, ln2, w.fcw, N, C, 4 * C, Layout::InOut);
     cpu::layernorm_backward(dres2.data(), g.ln2w, g.ln2b, dC.data(), res2, w.ln2w,
                             a.ln2_mean.data() + l * N, a.ln2_rstd.data() + l * N, N, C);
     // res2 = residual + attproj
     zero(dresidual);
-    zero(dlnf);  // reused as d(attproj)
-    cpu::residual_backward(dresidual.data(), dlnf.data(), dres2.data(), NC);
+    zero(a.proj);
+    cpu::residual_backward(dresidual.data(), dattproj, dres2.data(), NC);
     zero(dC);
-    cpu::matmul_backward(dC.data(), g.attprojw, g.attprojb, dlnf.data(), atty, w.attprojw, N, C, C,
+    cpu::matmul_backward(dC.data(), g.attprojw, g.attprojb, dattproj, atty, w.attprojw, N, C, C,
                          Layout::InOut);
-    zero(dqkv);
-    cpu::attention_backward(dqkv.data(), dC.data(), qkv, atty, lse, B, T, C, NH);
+    std::fill(dqkv, dqkv + 3 * NC, 0.0f);
+    cpu::attention_backward(dqkv, dC.data(), qkv, atty, lse, B, T, C, NH);
     zero(dC);
-    cpu::matmul_backward(dC.data(), g.qkvw, g.qkvb, dqkv.data(), ln1, w.qkvw, N, C, 3 * C,
-                         Layout::InOut);
+    cpu::matmul_backward(dC.data(), g.qkvw, g.qkvb, dqkv, ln1, w.qkvw, N, C, 3 * C, Layout::InOut);
     cpu::layernorm_backward(dresidual.data(), g.ln1w, g.ln1b, dC.data(), residual, w.ln1w,
                             a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, N, C);
   }
@@ -312,7 +314,14 @@ void GPT2::forward_inference(float* out, const int32_t* tokens, int B, int T) co
 void GPT2::forward_inference_hidden(float* out, const int32_t* tokens, int B, int T) const {
   KD_REQUIRE(T >= 1 && T <= cfg_.block_size && B >= 1,
              "GPT2::forward_inference: need 1 <= T <= block_size and B >= 1");
-  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
+  // One sequence at a time: no op mixes sequences, so the scratch is one layer of one sequence.
+  if (B > 1) {
+    for (int b = 0; b < B; ++b)
+      forward_inference_hidden(out + static_cast<size_t>(b) * T * cfg_.n_embd,
+                               tokens + static_cast<size_t>(b) * T, 1, T);
+    return;
+  }
+  const int N = T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size;
   const size_t NC = static_cast<size_t>(N) * C;
   for (int i = 0; i < N; ++i)
     KD_REQUIRE(tokens[i] >= 0 && tokens[i] < V,

@@ -129,8 +129,8 @@ class GPT2 {
   const float* hidden() const { return acts_.lnf.data(); }
   void backward_hidden(const float* dhidden);
 
-  // Teacher forward: no activations kept for backward; scratch of about one layer. Writes logits
-  // [B,T,V] into out.
+  // Teacher forward: no activations kept for backward; scratch of one layer of one sequence (the
+  // batch runs sequence by sequence). Writes logits [B,T,V] into out.
   void forward_inference(float* out, const int32_t* tokens, int B, int T) const;
   // Teacher forward stopped at the final LayerNorm: writes ln_f's output [B,T,C] into out.
   void forward_inference_hidden(float* out, const int32_t* tokens, int B, int T) const;
@@ -143,13 +143,17 @@ class GPT2 {
 
  private:
   struct Acts {
-    std::vector<float> encoded;                      // [B,T,C]
-    std::vector<float> ln1, ln1_mean, ln1_rstd;      // [L,B,T,C], [L,B,T] x2
-    std::vector<float> qkv, atty, att_lse, attproj;  // [L,B,T,3C], [L,B,T,C], [L,B,NH,T], [L,B,T,C]
+    std::vector<float> encoded;                        // [B,T,C]
+    std::vector<float> ln1, ln1_mean, ln1_rstd;        // [L,B,T,C], [L,B,T] x2
+    std::vector<float> qkv, atty, att_lse;             // [L,B,T,3C], [L,B,T,C], [L,B,NH,T]
     std::vector<float> res2, ln2, ln2_mean, ln2_rstd;  // [L,B,T,C], [L,B,T,C], [L,B,T] x2
-    std::vector<float> fch, fch_gelu, fcproj, res3;    // [L,B,T,4C] x2, [L,B,T,C] x2
-    std::vector<float> lnf, lnf_mean, lnf_rstd;        // [B,T,C], [B,T] x2
-    std::vector<float> logits;                         // [B,T,V]
+    std::vector<float> fch, res3;                      // [L,B,T,4C], [L,B,T,C]
+    // One layer's scratch, not kept per layer: the projections' outputs [B,T,C] (the backward
+    // needs only their sum, the residual) and gelu(fch) [B,T,4C], which the backward recomputes
+    // from fch (bit for bit: the same gelu_tanh) instead of keeping L copies.
+    std::vector<float> proj, gelu;
+    std::vector<float> lnf, lnf_mean, lnf_rstd;  // [B,T,C], [B,T] x2
+    std::vector<float> logits;                   // [B,T,V]
   };
   void ensure_acts(int B, int T);
 

@@ -27,6 +27,7 @@ namespace {
 constexpr int kStudentLayers = 1;
 constexpr int kTeacherLayers = 2;
 constexpr int kSteps = 2;
+constexpr int kMicroBatch = 2;  // the teacher's forward runs one sequence at a time
 
 std::string tiny_recipe(const fs::path& dir, const std::string& name, int layers, int steps,
                         const std::string& extra) {
@@ -34,7 +35,8 @@ std::string tiny_recipe(const fs::path& dir, const std::string& name, int layers
   r << "[run]\nname = \"" << name << "\"\nout_dir = \"" << (dir / name).string()
     << "\"\ndevice = \"cpu\"\n\n[data]\ntrain = \"" << (dir / "corpus.txt").string()
     << "\"\n\n[student]\nn_layer = " << layers
-    << "\nn_head = 2\nn_embd = 16\nblock_size = 16\n\n[train]\nmicro_batch = 2\nseq_len = 16\n"
+    << "\nn_head = 2\nn_embd = 16\nblock_size = 16\n\n[train]\nmicro_batch = " << kMicroBatch
+    << "\nseq_len = 16\n"
        "max_steps = "
     << steps << "\neval_every = 0\neval_batches = 1\n\n[log]\nevery = 1\n\n"
     << extra;
@@ -197,13 +199,14 @@ TEST(Trace, ProfilerSeesTheSameNames) {
       calls[row.name] = row.calls;
     }
   for (const auto& n : kExpectedNames) EXPECT_TRUE(names.count(n)) << n;
-  // Per step: 4 products per layer and the LM head, in the student's and the teacher's forward;
-  // the MLP's first product is the fused matmul_gelu_forward.
+  // Per step: 4 products per layer and the LM head, in the student's and the teacher's forward
+  // (the teacher's layers once per sequence); the MLP's first product is the fused
+  // matmul_gelu_forward.
   EXPECT_EQ(calls["matmul_forward"],
-            kSteps * ((3 * kStudentLayers + 1) + (3 * kTeacherLayers + 1)));
-  EXPECT_EQ(calls["matmul_gelu_forward"], kSteps * (kStudentLayers + kTeacherLayers));
-  // Layers: the student's forward and backward, the teacher's forward.
-  EXPECT_EQ(calls["layer"], kSteps * (2 * kStudentLayers + kTeacherLayers));
+            kSteps * ((3 * kStudentLayers + 1) + (3 * kTeacherLayers * kMicroBatch + 1)));
+  EXPECT_EQ(calls["matmul_gelu_forward"], kSteps * (kStudentLayers + kTeacherLayers * kMicroBatch));
+  // Layers: the student's forward and backward, the teacher's forward of each sequence.
+  EXPECT_EQ(calls["layer"], kSteps * (2 * kStudentLayers + kTeacherLayers * kMicroBatch));
   EXPECT_EQ(calls["adamw_update"], kSteps);
   kd::profiler::reset();
 }

@@ -345,6 +345,11 @@ StepShape step_shape(const Recipe& r, const GPT2Config& student) {
 // Resumes from the newest checkpoint under out_dir when the recipe asks for it: the student's
 // parameters, the AdamW moments, the loop's state and the sampler's position. Otherwise (or when
 // there is none) the run starts at step 0 with a fresh log.
+void release(std::vector<float>& m, std::vector<float>& v) {
+  std::vector<float>().swap(m);
+  std::vector<float>().swap(v);
+}
+
 State resume_or_start(const Recipe& r, GPT2& model, std::vector<float>& m, std::vector<float>& v,
                       BatchSampler& sampler, std::ostream& out) {
   const fs::path log_path = fs::path(r.run.out_dir) / "log.jsonl";
@@ -514,6 +519,9 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   std::unique_ptr<Backend> backend =
       make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
   backend->load_state(model, m, v);
+  // The moments now live in the backend; these host copies exist again only while a checkpoint
+  // is written (on the CPU they would otherwise double the optimizer's memory).
+  release(m, v);
   comm::MpiStepReducer reducer;
   if (ranks > 1) backend->set_reducer(&reducer);
   RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
@@ -545,6 +553,7 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
     st.rng_state = sampler.state();
     backend->save_state(model, m, v);
     write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
+    release(m, v);
     prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
     sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
   };
