@@ -95,9 +95,8 @@ Result run_cpu(const Inputs& in, bool teacher, const LossConfig& cfg) {
   Result r;
   r.dh = in.dh0;
   r.dwte = in.dwte0;
-  // The CPU twin with the embeddings cut to their vocabularies: the padding rows of the student's
-  // do not exist there, the teacher's are read on its first kV rows... which is what Vt > kV
-  // means for the twin too, so the teacher keeps its padded rows.
+  // The caller passes the student's embedding cut to its kV rows (the CPU model has no padding);
+  // the teacher keeps its padded rows, which the twin, like the GPU, reads on the first kV.
   kd::cpu::lm_head_kd_loss(r.dh.data(), r.dwte.data(), &r.sums, in.h.data(), in.wte.data(),
                            teacher ? in.ht.data() : nullptr, teacher ? in.wte_t.data() : nullptr,
                            kCt, teacher ? in.Vt : 0, in.targets.data(), kN, kC, kV, cfg,
