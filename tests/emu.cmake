@@ -10,7 +10,7 @@ foreach(src ${KD_EMU_TEST_SOURCES})
   get_filename_component(name ${src} NAME_WE)
   kd_emu_rewrite(${src} out)
   add_executable(emu_${name} ${out})
-  target_link_libraries(emu_${name} PRIVATE kdcore_emu GTest::gtest_main)
+  target_link_libraries(emu_${name} PRIVATE kdcore_emu kd_ops_cpu_ref GTest::gtest_main)
   target_compile_options(emu_${name} PRIVATE ${KD_EMU_FLAGS})
   target_compile_definitions(emu_${name} PRIVATE KD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   # Idle OpenMP workers of the CPU twins would otherwise spin against the single emulator thread.

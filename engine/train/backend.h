@@ -65,7 +65,7 @@ struct StepShape {
   int B = 1;           // sequences per micro-batch
   int T = 1;           // tokens per sequence
   int grad_accum = 1;  // micro-batches per optimizer step
-  int loss_chunk = 0;  // rows per chunk of the CPU's fused LM head + loss; 0: automatic
+  int loss_chunk = 0;  // rows per chunk of the fused LM head + loss (both backends); 0: automatic
 };
 
 // Data parallelism (engine/train/comm.h): how one rank's step joins the other ranks'. A backend
@@ -132,6 +132,11 @@ std::unique_ptr<Backend> make_backend(Device device, GPT2& student, const GPT2* 
 
 // The CPU backend's plan, without building anything (`kdengine check`).
 MemoryPlan cpu_memory_plan(const GPT2Config& student, const GPT2Config* teacher,
+                           const StepShape& shape);
+// The plan of the backend make_backend would build for `device` (the GPU's when device is Cuda,
+// or Auto with a usable GPU, in a build with the CUDA backend; else the CPU's), without building
+// anything (`kdengine check`).
+MemoryPlan memory_plan_for(Device device, const GPT2Config& student, const GPT2Config* teacher,
                            const StepShape& shape);
 
 }  // namespace kd

@@ -664,7 +664,8 @@ void print_check(const Recipe& r, std::ostream& out) {
   const StepShape shape = step_shape(r, sc);
   out << "student parameters: " << sc.num_parameters() << "\n";
   if (s.teacher) out << "teacher parameters: " << s.teacher->config().num_parameters() << "\n";
-  const MemoryPlan p = cpu_memory_plan(sc, s.teacher ? &s.teacher->config() : nullptr, shape);
+  const MemoryPlan p =
+      memory_plan_for(r.run.device, sc, s.teacher ? &s.teacher->config() : nullptr, shape);
   auto mib = [](double b) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%10.2f MiB", b / (1024.0 * 1024.0));
@@ -672,6 +673,7 @@ void print_check(const Recipe& r, std::ostream& out) {
   };
   out << "memory plan (" << p.device << "):\n";
   out << "  weights            " << mib(p.weights) << "\n";
+  if (p.master_weights) out << "  master weights     " << mib(p.master_weights) << "  (fp32)\n";
   out << "  gradients          " << mib(p.gradients) << "\n";
   out << "  optimizer moments  " << mib(p.moments) << "\n";
   out << "  activations        " << mib(p.activations) << "  (micro_batch " << shape.B
@@ -679,8 +681,7 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  teacher weights    " << mib(p.teacher_weights) << "\n";
   out << "  teacher scratch    " << mib(p.teacher_scratch) << "\n";
   out << "  loss workspace     " << mib(p.loss_workspace)
-      << (p.device.rfind("cpu", 0) == 0 ? "  (one chunk of both models' logits)\n"
-                                        : "  (teacher logits of one micro-batch)\n");
+      << "  (one chunk of both models' logits)\n";
   out << "  other              " << mib(p.other) << "  (the step's tokens and targets)\n";
   out << "  total              " << mib(p.total()) << "\n";
 }
