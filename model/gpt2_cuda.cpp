@@ -166,6 +166,7 @@ GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream
     grads_ = reinterpret_cast<float*>(grads_block_.get());
     m_ = reinterpret_cast<float*>(moments_block_.get());
     v_ = m_ + P_;
+    opt_end_ = P_;
     carve_acts(a_, acts_block_.get(), cfg_, B, T, true);
     KD_CUDA_CHECK(cudaMemset(grads_, 0, P_ * sizeof(float)));
     KD_CUDA_CHECK(cudaMemset(m_, 0, 2 * P_ * sizeof(float)));
@@ -393,6 +394,46 @@ std::vector<float> GPT2Cuda::download(const float* dev) const {
   return out;
 }
 
+std::vector<float> GPT2Cuda::download_optimizer(const float* dev) const {
+  std::vector<float> out(P_, 0.0f);
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(out.data() + opt_begin_, dev, (opt_end_ - opt_begin_) * sizeof(float),
+                           cudaMemcpyDeviceToHost));
+  return out;
+}
+
+std::vector<float> GPT2Cuda::download_master_device() const {
+  KD_REQUIRE(master_ != nullptr, "GPT2Cuda::download_master_device: a teacher has none");
+  return download_optimizer(master_);
+}
+
+void GPT2Cuda::shard_optimizer_state(size_t begin, size_t end) {
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::shard_optimizer_state: a teacher has none");
+  KD_REQUIRE(begin <= end && end <= P_, "GPT2Cuda::shard_optimizer_state: range beyond P");
+  KD_REQUIRE(opt_begin_ == 0 && opt_end_ == P_,
+             "GPT2Cuda::shard_optimizer_state: the optimizer state is already sharded");
+  const size_t n = end - begin;
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  DeviceBlock master(std::max<size_t>(n, 1) * sizeof(float));
+  DeviceBlock moments(std::max<size_t>(2 * n, 1) * sizeof(float));
+  float* mst = reinterpret_cast<float*>(master.get());
+  float* mom = reinterpret_cast<float*>(moments.get());
+  if (n > 0) {
+    KD_CUDA_CHECK(cudaMemcpy(mst, master_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+    KD_CUDA_CHECK(cudaMemcpy(mom, m_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+    KD_CUDA_CHECK(cudaMemcpy(mom + n, v_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+  }
+  master_block_ = std::move(master);  // frees the whole-model buffers
+  moments_block_ = std::move(moments);
+  master_ = mst;
+  m_ = mom;
+  v_ = mom + n;
+  opt_begin_ = begin;
+  opt_end_ = end;
+  mem_.master_weights = n * sizeof(float);
+  mem_.moments = 2 * n * sizeof(float);
+}
+
 void GPT2Cuda::copy_params_from(const GPT2& cpu) {
   KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == cfg_.num_parameters(),
              "GPT2Cuda::copy_params_from: a model of another configuration");
@@ -401,14 +442,15 @@ void GPT2Cuda::copy_params_from(const GPT2& cpu) {
   std::vector<bf16> w16(P_);
   for (size_t i = 0; i < P_; ++i) w16[i] = __float2bfloat16_rn(dev[i]);
   KD_CUDA_CHECK(cudaMemcpy(weights_, w16.data(), P_ * sizeof(bf16), cudaMemcpyHostToDevice));
-  if (master_ != nullptr)
-    KD_CUDA_CHECK(cudaMemcpy(master_, dev.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  if (master_ != nullptr && opt_end_ > opt_begin_)
+    KD_CUDA_CHECK(cudaMemcpy(master_, dev.data() + opt_begin_,
+                             (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 void GPT2Cuda::copy_params_to(GPT2& cpu) const {
   KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == cfg_.num_parameters(),
              "GPT2Cuda::copy_params_to: a model of another configuration");
-  if (master_ != nullptr) {
+  if (master_ != nullptr && opt_begin_ == 0 && opt_end_ == P_) {
     cpu.params = to_cpu_layout(download(master_));
     return;
   }
@@ -417,6 +459,9 @@ void GPT2Cuda::copy_params_to(GPT2& cpu) const {
   KD_CUDA_CHECK(cudaMemcpy(w16.data(), weights_, P_ * sizeof(bf16), cudaMemcpyDeviceToHost));
   std::vector<float> dev(P_);
   for (size_t i = 0; i < P_; ++i) dev[i] = __bfloat162float(w16[i]);
+  if (master_ != nullptr && opt_end_ > opt_begin_)  // a sharded student: its fp32 slice
+    KD_CUDA_CHECK(cudaMemcpy(dev.data() + opt_begin_, master_,
+                             (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyDeviceToHost));
   cpu.params = to_cpu_layout(dev);
 }
 
@@ -427,7 +472,7 @@ std::vector<float> GPT2Cuda::download_grads() const {
 
 std::vector<float> GPT2Cuda::download_master() const {
   KD_REQUIRE(master_ != nullptr, "GPT2Cuda::download_master: a teacher has none");
-  return to_cpu_layout(download(master_));
+  return to_cpu_layout(download_optimizer(master_));
 }
 
 std::vector<float> GPT2Cuda::download_vocab_padding() const {
@@ -437,7 +482,7 @@ std::vector<float> GPT2Cuda::download_vocab_padding() const {
   std::vector<float> out;
   for (const float* buf : {master_, grads_, m_, v_}) {
     if (buf == nullptr) continue;
-    const std::vector<float> all = download(buf);
+    const std::vector<float> all = buf == grads_ ? download(buf) : download_optimizer(buf);
     out.insert(out.end(), all.begin() + static_cast<std::ptrdiff_t>(first),
                all.begin() + static_cast<std::ptrdiff_t>(first + n));
   }
@@ -463,16 +508,17 @@ std::vector<float> GPT2Cuda::download_hidden(int B, int T) const {
 
 void GPT2Cuda::download_moments(std::vector<float>& m, std::vector<float>& v) const {
   KD_REQUIRE(m_ != nullptr, "GPT2Cuda::download_moments: a teacher has none");
-  m = to_cpu_layout(download(m_));
-  v = to_cpu_layout(download(v_));
+  m = to_cpu_layout(download_optimizer(m_));
+  v = to_cpu_layout(download_optimizer(v_));
 }
 
 void GPT2Cuda::upload_moments(const std::vector<float>& m, const std::vector<float>& v) {
   KD_REQUIRE(m_ != nullptr, "GPT2Cuda::upload_moments: a teacher has none");
   const std::vector<float> dm = to_device_layout(m), dv = to_device_layout(v);
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(m_, dm.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
-  KD_CUDA_CHECK(cudaMemcpy(v_, dv.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  const size_t n = opt_end_ - opt_begin_;
+  KD_CUDA_CHECK(cudaMemcpy(m_, dm.data() + opt_begin_, n * sizeof(float), cudaMemcpyHostToDevice));
+  KD_CUDA_CHECK(cudaMemcpy(v_, dv.data() + opt_begin_, n * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 }  // namespace kd

@@ -132,7 +132,9 @@ class GPT2Cuda {
   const cuda::bf16* wte() const { return pw("wte.weight"); }
   float* wte_grad() const { return grads_ != nullptr ? pg("wte.weight") : nullptr; }
 
-  // Device buffers of the optimizer (student only), laid out as table().
+  // Device buffers of the optimizer (student only), laid out as table(); after
+  // shard_optimizer_state(b, e), master(), m() and v() hold parameters [b, e) of that layout only
+  // (element 0 is parameter b).
   cuda::bf16* weights() const { return weights_; }
   float* master() const { return master_; }
   float* grads() const { return grads_; }
@@ -140,8 +142,21 @@ class GPT2Cuda {
   float* v() const { return v_; }
   void zero_grad();  // queued on the stream
 
+  // ZeRO-1 (student): keeps the fp32 master weights and the moments of parameters [begin, end) of
+  // the device layout only and frees the rest (memory() shrinks accordingly). Once, before the
+  // first step.
+  void shard_optimizer_state(size_t begin, size_t end);
+  size_t optimizer_begin() const { return opt_begin_; }
+  size_t optimizer_end() const { return opt_end_; }
+  // The fp32 master weights in the device layout (P floats; with a sharded state its slice in
+  // place, zeros elsewhere), and a device-layout vector in the CPU layout.
+  std::vector<float> download_master_device() const;
+  std::vector<float> to_cpu_layout(const std::vector<float>& dev_values) const;
+
   // Host copies (synchronise the stream), in the CPU model's layout (V rows of wte): the padding
-  // rows are dropped on the way out and zero on the way in.
+  // rows are dropped on the way out and zero on the way in. With a sharded optimizer state the
+  // master weights and moments are read and written in the slice only: copy_params_to fills the
+  // rest from the bf16 weights, download_master and download_moments with zeros.
   void copy_params_to(GPT2& cpu) const;        // master (student) or bf16 (teacher)
   void copy_params_from(const GPT2& cpu);      // master and bf16 weights
   std::vector<float> download_grads() const;   // fp32, CPU layout
@@ -162,13 +177,15 @@ class GPT2Cuda {
   float* pg(const char* name) const;
   void check_shape(const char* what, int B, int T) const;
   std::vector<float> to_device_layout(const std::vector<float>& cpu_values) const;
-  std::vector<float> to_cpu_layout(const std::vector<float>& dev_values) const;
   std::vector<float> download(const float* dev) const;  // P_ floats of a device buffer
+  // P_ floats of an optimizer buffer (master_, m_, v_): the slice in place, zeros elsewhere.
+  std::vector<float> download_optimizer(const float* dev) const;
 
   GPT2Config cfg_, dcfg_;  // the CPU model's configuration, and the padded one of the device
   std::vector<ParamInfo> table_, cpu_table_;
   GPT2Layout layout_;
   size_t P_ = 0;
+  size_t opt_begin_ = 0, opt_end_ = 0;  // the parameters master_, m_ and v_ hold
   Role role_;
   int maxB_ = 0, maxT_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -18,3 +18,7 @@ foreach(src ${KD_EMU_TEST_SOURCES})
   gtest_discover_tests(emu_${name} DISCOVERY_MODE PRE_TEST TEST_PREFIX "emu:"
                        PROPERTIES LABELS emu ENVIRONMENT OMP_WAIT_POLICY=PASSIVE)
 endforeach()
+# The emulator's NCCL test starts itself under mpirun; it needs the emulated NCCL (KD_HAVE_NCCL).
+if(TARGET emu_test_emu_nccl AND KD_HAVE_NCCL)
+  target_compile_definitions(emu_test_emu_nccl PRIVATE KD_EMU_NCCL=1)
+endif()

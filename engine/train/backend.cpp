@@ -7,6 +7,7 @@
 #include "engine/base/error.h"
 #include "engine/train/cuda_backend.h"
 #include "engine/train/device.h"
+#include "engine/train/nccl_comm.h"
 
 namespace kd {
 
@@ -70,6 +71,7 @@ std::unique_ptr<Backend> make_backend(Device device, GPT2& student, const GPT2* 
     return make_cpu_backend(student, teacher, loss, adamw, shape);
   }
 #ifdef KD_WITH_CUDA
+  nccl::select_device();  // a multi-rank job: the node-local rank's GPU, before any allocation
   out << "device: cuda (" << dev.name << ")\n";
   return std::make_unique<CudaBackend>(student, teacher, loss, adamw, shape);
 #else

@@ -19,6 +19,8 @@
 #include "cuda/lm_head_kd_loss.cuh"
 #include "engine/base/profiler.h"
 #include "engine/base/trace.h"
+#include "engine/train/comm.h"
+#include "engine/train/nccl_comm.h"
 #include "model/gpt2_cuda.h"
 
 namespace kd {
@@ -264,7 +266,8 @@ struct CudaBackend::Impl {
 
   // Micro-batches, loss and backward; then the norm (and the clip scale) on the device.
   void forward_backward(const int32_t* inputs, const int32_t* targets, float grad_clip) {
-    const int64_t rows = stage(inputs, targets, static_cast<size_t>(A) * N);
+    int64_t rows = stage(inputs, targets, static_cast<size_t>(A) * N);
+    if (reducer) rows = reducer->sum_rows(rows);  // normalise by the whole global step
     const float inv_norm = 1.0f / static_cast<float>(std::max<int64_t>(1, rows));
     student->zero_grad();
     KD_CUDA_CHECK(cudaMemsetAsync(readback_dev, 0, sizeof(StepReadback), stream));
@@ -291,17 +294,85 @@ struct CudaBackend::Impl {
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
       student->backward_hidden(student->dhidden());
     }
-    cuda::global_norm(&readback_dev->norm, &readback_dev->scale, student->grads(),
-                      student->num_parameters(), grad_clip, stream);
+    reduce_and_norm(grad_clip);
   }
 
-  // The step's only synchronisation: sums, norm and scale to the host.
-  StepResult finish() {
+  // The gradients summed over the ranks (ZeRO-1: only this rank's slice of the sum), then the
+  // global norm and the clip scale, left on the device.
+  void reduce_and_norm(float grad_clip) {
+    float* g = student->grads();
+    const size_t P = student->num_parameters();
+    if (!zero1) {
+      if (reducer) reducer->sum_grads(g, P);
+      cuda::global_norm(&readback_dev->norm, &readback_dev->scale, g, P, grad_clip, stream);
+      return;
+    }
+    // Each rank's slice norm into slot rank of `norms`, gathered; the norm of those norms is the
+    // global norm (sqrt of the sum of the slices' squares), with global_norm's clip scale.
+    reducer->reduce_scatter(g, shard, 0, P);
+    const size_t b = student->optimizer_begin(), e = student->optimizer_end();
+    float* mine = norms + reducer->rank();
+    if (e > b)
+      cuda::global_norm(mine, nullptr, g + b, e - b, 0.0f, stream);
+    else
+      KD_CUDA_CHECK(cudaMemsetAsync(mine, 0, sizeof(float), stream));
+    reducer->all_gather(norms, sizeof(float), sizeof(float) * size_t(reducer->size()));
+    cuda::global_norm(&readback_dev->norm, &readback_dev->scale, norms, size_t(reducer->size()),
+                      grad_clip, stream);
+  }
+
+  // AdamW at step t (the clip scale read on the device); ZeRO-1: on this rank's slice, then the
+  // bf16 weights all-gathered.
+  void update(const AdamWConfig& cfg, int t) {
+    GPT2Cuda& s = *student;
+    if (!zero1) {
+      cuda::adamw_update(s.weights(), s.master(), s.grads(), s.m(), s.v(), spans_dev, num_spans,
+                         s.num_parameters(), cfg, t, 1.0f, &readback_dev->scale, rounding, stream);
+      return;
+    }
+    const size_t b = s.optimizer_begin(), e = s.optimizer_end();
+    if (e > b)
+      cuda::adamw_update(s.weights() + b, s.master(), s.grads() + b, s.m(), s.v(), shard_spans,
+                         num_shard_spans, e - b, cfg, t, 1.0f, &readback_dev->scale, rounding,
+                         stream);
+    reducer->all_gather(s.weights(), shard * sizeof(cuda::bf16),
+                        s.num_parameters() * sizeof(cuda::bf16));
+  }
+
+  // ZeRO-1 from now on: this rank keeps its slice of the master weights and moments (freeing the
+  // rest), with the AdamW spans cut to the slice and rebased to it.
+  void start_zero1() {
+    const size_t P = student->num_parameters();
+    const int ranks = reducer->size();
+    shard = nccl::zero1_shard(P, ranks);
+    const size_t b = std::min(P, size_t(reducer->rank()) * shard), e = std::min(P, b + shard);
+    std::vector<ParamSpan> cut;
+    for (const auto& p : student->table()) {
+      const size_t lo = std::max(b, p.offset), hi = std::min(e, p.offset + p.numel);
+      if (lo < hi) cut.push_back({lo - b, hi - lo, p.decay});
+    }
+    num_shard_spans = static_cast<int>(cut.size());
+    zero1_block = DeviceBlock(align256(size_t(ranks) * sizeof(float)) +
+                              align256(std::max<size_t>(1, cut.size()) * sizeof(ParamSpan)));
+    norms = reinterpret_cast<float*>(zero1_block.get());
+    shard_spans =
+        reinterpret_cast<ParamSpan*>(zero1_block.get() + align256(size_t(ranks) * sizeof(float)));
+    if (!cut.empty())
+      KD_CUDA_CHECK(cudaMemcpyAsync(shard_spans, cut.data(), cut.size() * sizeof(ParamSpan),
+                                    cudaMemcpyHostToDevice, stream));
+    student->shard_optimizer_state(b, e);  // synchronises
+    zero1 = true;
+  }
+
+  // The step's only synchronisation: sums, norm and scale to the host. reduce: sum the loss sums
+  // over the ranks (steps only; an evaluation runs on one rank).
+  StepResult finish(bool reduce = false) {
     KD_CUDA_CHECK(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
                                   cudaMemcpyDeviceToHost, stream));
     KD_CUDA_CHECK(cudaStreamSynchronize(stream));
     StepResult r;
     r.sums = readback_host()->sums;
+    if (reduce && reducer) reducer->sum_losses(r.sums);
     r.grad_norm = readback_host()->norm;
     r.loss = r.sums.loss / static_cast<double>(std::max<int64_t>(1, r.sums.rows));
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
@@ -362,7 +433,16 @@ struct CudaBackend::Impl {
   ParamSpan* spans_dev = nullptr;
   int num_spans = 0;
   std::unique_ptr<PinnedBlock> pinned_tokens, pinned_readback;
-  std::unique_ptr<EventClock> clock;  // the profiler's, created on request
+  std::unique_ptr<EventClock> clock;         // the profiler's, created on request
+  nccl::NcclStepReducer* reducer = nullptr;  // data parallelism (not owned); null: one rank
+  // ZeRO-1 (reducer->shard_optimizer()): the shard size, the ranks' slice norms and this rank's
+  // AdamW spans (rebased to its slice), in zero1_block.
+  bool zero1 = false;
+  size_t shard = 0;
+  DeviceBlock zero1_block;
+  float* norms = nullptr;
+  ParamSpan* shard_spans = nullptr;
+  int num_shard_spans = 0;
 };
 
 CudaBackend::CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
@@ -382,18 +462,25 @@ StepResult CudaBackend::step(const int32_t* inputs, const int32_t* targets, floa
     KD_RANGE_P("optimizer", Phase::Optimizer, t);
     AdamWConfig cfg = im.adamw;
     cfg.lr = lr;
-    GPT2Cuda& s = *im.student;
     // The clip scale stays on the device: global_norm wrote it, adamw_update reads it.
-    cuda::adamw_update(s.weights(), s.master(), s.grads(), s.m(), s.v(), im.spans_dev, im.num_spans,
-                       s.num_parameters(), cfg, t, 1.0f, &im.readback_dev->scale, im.rounding,
-                       im.stream);
+    im.update(cfg, t);
   }
-  return im.finish();
+  return im.finish(true);
+}
+
+void CudaBackend::set_reducer(StepReducer* reducer) {
+  auto* r = dynamic_cast<nccl::NcclStepReducer*>(reducer);
+  KD_REQUIRE(reducer == nullptr || r != nullptr,
+             "CudaBackend::set_reducer: the reducer must work on device memory (NcclStepReducer)");
+  KD_REQUIRE(!impl_->zero1, "CudaBackend::set_reducer: the optimizer state is already sharded");
+  if (r != nullptr) r->bind_stream(impl_->stream);
+  impl_->reducer = r;
+  if (r != nullptr && r->shard_optimizer() && r->size() > 1) impl_->start_zero1();
 }
 
 StepResult CudaBackend::accumulate(const int32_t* inputs, const int32_t* targets) {
   impl_->forward_backward(inputs, targets, 0.0f);
-  return impl_->finish();
+  return impl_->finish(true);
 }
 
 LossSums CudaBackend::eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,
@@ -406,8 +493,20 @@ LossSums CudaBackend::eval_teacher(const int32_t* inputs, const int32_t* targets
 }
 
 void CudaBackend::save_state(GPT2& cpu_model, std::vector<float>& m, std::vector<float>& v) {
-  impl_->student->copy_params_to(cpu_model);
-  impl_->student->download_moments(m, v);
+  GPT2Cuda& s = *impl_->student;
+  if (impl_->zero1) {  // every rank's fp32 slice to every rank (collective), in the device layout
+    std::vector<float> dev = s.download_master_device();
+    const size_t P = dev.size();
+    for (int q = 0; q < impl_->reducer->size(); ++q) {
+      const size_t b = std::min(P, size_t(q) * impl_->shard), e = std::min(P, b + impl_->shard);
+      if (e > b) comm::broadcast(dev.data() + b, (e - b) * sizeof(float), q);
+    }
+    KD_REQUIRE(cpu_model.config() == s.config(), "CudaBackend::save_state: another model");
+    cpu_model.params = s.to_cpu_layout(dev);
+  } else {
+    s.copy_params_to(cpu_model);
+  }
+  s.download_moments(m, v);
 }
 
 void CudaBackend::load_state(const GPT2& cpu_model, const std::vector<float>& m,
@@ -445,7 +544,8 @@ int CudaBackend::loss_chunk_rows() const {
 
 size_t CudaBackend::device_bytes() const {
   const Impl& im = *impl_;
-  size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes();
+  size_t b = im.student->memory().total() + im.loss_block.bytes() + im.other_block.bytes() +
+             im.zero1_block.bytes();
   if (im.teacher) b += im.teacher->memory().total();
   return b;
 }
@@ -458,7 +558,13 @@ profiler::Clock* CudaBackend::profiler_clock() {
 
 MemoryPlan CudaBackend::memory_plan() const {
   const Impl& im = *impl_;
-  return cuda_memory_plan(im.student_cfg, im.teacher ? &im.teacher_cfg : nullptr, im.shape);
+  MemoryPlan p = cuda_memory_plan(im.student_cfg, im.teacher ? &im.teacher_cfg : nullptr, im.shape);
+  if (im.zero1) {  // ZeRO-1: this rank's slice of the master weights and moments
+    p.master_weights = im.student->memory().master_weights;
+    p.moments = im.student->memory().moments;
+    p.other += im.zero1_block.bytes();
+  }
+  return p;
 }
 
 int64_t CudaBackend::largest_micro_batch(std::string* note) const {

@@ -57,6 +57,20 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return "cuda"; }
 
+  // Data parallelism over NCCL: `reducer` must be a nccl::NcclStepReducer
+  // (engine/train/nccl_comm.h; device memory, bound here to the step's stream), or null for one
+  // rank. step() then sums the supervised rows before the loss, the gradients after the last
+  // backward (before the norm) and the loss sums after the step's synchronisation.
+  //
+  // With reducer->shard_optimizer() (ZeRO-1) this rank keeps, from here on, only its slice
+  // [r * shard, (r + 1) * shard) of the fp32 master weights and the moments (nccl::zero1_shard);
+  // each step reduce-scatters the gradients, takes the global norm as the norm of the ranks' slice
+  // norms, runs AdamW on its slice and all-gathers the bf16 weights. save_state then gathers the
+  // fp32 master weights from every rank (collective: every rank must call it) and fills only this
+  // rank's slice of m and v (the rest zero: the caller gathers them); load_state keeps the slice.
+  // With stochastic rounding the noise of an element depends on its index within the slice, so a
+  // sharded run rounds differently from an unsharded one (still unbiased).
+  void set_reducer(StepReducer* reducer) override;
   // Tokens must lie in [0, V). One host synchronisation, at the end.
   StepResult step(const int32_t* inputs, const int32_t* targets, float lr, float grad_clip,
                   int t) override;

@@ -27,6 +27,7 @@
 #include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
 #include "engine/train/comm.h"
+#include "engine/train/nccl_comm.h"
 #include "engine/train/run_dir.h"
 #include "engine/train/student_init.h"
 #include "engine/train/train_log.h"
@@ -522,8 +523,8 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   // The moments now live in the backend; these host copies exist again only while a checkpoint
   // is written (on the CPU they would otherwise double the optimizer's memory).
   release(m, v);
-  comm::MpiStepReducer reducer;
-  if (ranks > 1) backend->set_reducer(&reducer);
+  std::unique_ptr<StepReducer> reducer;  // MPI on CPU ranks, NCCL on GPU ranks (nccl_comm.h)
+  if (ranks > 1) backend->set_reducer((reducer = make_step_reducer(*backend)).get());
   RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
   if (ranks > 1)
     out << "data parallel: " << ranks << " ranks, global batch " << shape.B << " x "
