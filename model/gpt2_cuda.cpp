@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -45,8 +46,7 @@ class Carver {
 // Carves the activation buffers of a student (layers = n_layer, training) or the scratch of a
 // teacher (layers = 1, inference) for micro-batches of up to N = B*T rows.
 template <typename Acts>
-size_t carve_acts(Acts& a, bf16** logits, char* base, const GPT2Config& cfg, int B, int T,
-                  bool training) {
+size_t carve_acts(Acts& a, char* base, const GPT2Config& cfg, int B, int T, bool training) {
   const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd, NH = cfg.n_head;
   const size_t L = training ? cfg.n_layer : 1;
   Carver c(base);
@@ -69,7 +69,6 @@ size_t carve_acts(Acts& a, bf16** logits, char* base, const GPT2Config& cfg, int
     a.ln2_rstd = c.take<float>(L * N);
     a.lnf_mean = c.take<float>(N);
     a.lnf_rstd = c.take<float>(N);
-    *logits = c.take<bf16>(N * static_cast<size_t>(cfg.vocab_size));
     a.dres = c.take<bf16>(N * C);
     a.dC = c.take<bf16>(N * C);
     a.d4a = c.take<bf16>(N * 4 * C);  // also dqkv [N,3C]
@@ -114,28 +113,35 @@ DeviceBlock& DeviceBlock::operator=(DeviceBlock&& o) noexcept {
 
 // ---- GPT2Cuda ----------------------------------------------------------------------------------
 
+GPT2Config GPT2Cuda::device_config(const GPT2Config& cfg) {
+  GPT2Config d = cfg;
+  d.vocab_size = (cfg.vocab_size + kVocabMultiple - 1) / kVocabMultiple * kVocabMultiple;
+  return d;
+}
+
 GPT2CudaMemory GPT2Cuda::plan(const GPT2Config& cfg, int B, int T, Role role) {
   GPT2CudaMemory m;
-  const size_t P = cfg.num_parameters();
+  const size_t P = device_config(cfg).num_parameters();
   m.weights = P * sizeof(bf16);
   Acts a;
-  bf16* logits = nullptr;
   if (role == Role::Student) {
     m.master_weights = P * sizeof(float);
     m.gradients = P * sizeof(float);
     m.moments = 2 * P * sizeof(float);
-    m.activations = carve_acts(a, &logits, nullptr, cfg, B, T, true);
+    m.activations = carve_acts(a, nullptr, cfg, B, T, true);
   } else {
-    m.scratch = carve_acts(a, &logits, nullptr, cfg, B, T, false);
+    m.scratch = carve_acts(a, nullptr, cfg, B, T, false);
   }
   return m;
 }
 
 GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream)
     : cfg_(cpu.config()),
-      table_(cpu.table()),
-      layout_(cpu.layout()),
-      P_(cpu.params.size()),
+      dcfg_(device_config(cpu.config())),
+      table_(gpt2_param_table(dcfg_)),
+      cpu_table_(cpu.table()),
+      layout_(gpt2_layout(dcfg_, table_)),
+      P_(dcfg_.num_parameters()),
       role_(role),
       maxB_(B),
       maxT_(T),
@@ -160,12 +166,13 @@ GPT2Cuda::GPT2Cuda(const GPT2& cpu, int B, int T, Role role, cudaStream_t stream
     grads_ = reinterpret_cast<float*>(grads_block_.get());
     m_ = reinterpret_cast<float*>(moments_block_.get());
     v_ = m_ + P_;
-    carve_acts(a_, &logits_, acts_block_.get(), cfg_, B, T, true);
+    opt_end_ = P_;
+    carve_acts(a_, acts_block_.get(), cfg_, B, T, true);
     KD_CUDA_CHECK(cudaMemset(grads_, 0, P_ * sizeof(float)));
     KD_CUDA_CHECK(cudaMemset(m_, 0, 2 * P_ * sizeof(float)));
   } else {
     acts_block_ = DeviceBlock(mem_.scratch);
-    carve_acts(a_, &logits_, acts_block_.get(), cfg_, B, T, false);
+    carve_acts(a_, acts_block_.get(), cfg_, B, T, false);
   }
   copy_params_from(cpu);
 }
@@ -206,13 +213,13 @@ float* GPT2Cuda::pg(const char* name) const {
   return grads_ + outer_offset(layout_, name);
 }
 
-void GPT2Cuda::forward(const int32_t* tokens_dev, int B, int T) {
-  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::forward: a teacher has no training forward");
-  check_shape("GPT2Cuda::forward", B, T);
+void GPT2Cuda::forward_hidden(const int32_t* tokens_dev, int B, int T) {
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::forward_hidden: a teacher has no training forward");
+  check_shape("GPT2Cuda::forward_hidden", B, T);
   B_ = B;
   T_ = T;
   fwd_tokens_ = tokens_dev;
-  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size, L = cfg_.n_layer;
+  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
   const size_t S = static_cast<size_t>(maxB_) * maxT_;  // per-layer stride in rows
   const size_t SC = S * C;
   cudaStream_t s = stream_;
@@ -258,28 +265,24 @@ void GPT2Cuda::forward(const int32_t* tokens_dev, int B, int T) {
                                              pw("ln_f.weight"), pw("ln_f.bias"), N, C, s);
     }
   }
-  cuda::matmul_forward(logits_, a.lnf, pw("wte.weight"), nullptr, N, C, V, Layout::OutIn, false,
-                       nullptr, s);
 }
 
-void GPT2Cuda::backward(const bf16* dlogits) {
-  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::backward: a teacher is frozen");
-  KD_REQUIRE(B_ != 0, "GPT2Cuda::backward: call forward() first");
-  const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size,
-            L = cfg_.n_layer;
+void GPT2Cuda::backward_hidden(const bf16* dhidden) {
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::backward_hidden: a teacher is frozen");
+  KD_REQUIRE(B_ != 0, "GPT2Cuda::backward_hidden: call forward_hidden() first");
+  const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
   const size_t NC = static_cast<size_t>(N) * C;
   const size_t S = static_cast<size_t>(maxB_) * maxT_;
   const size_t SC = S * C;
   cudaStream_t s = stream_;
   const Acts& a = a_;
 
-  // logits = lnf · wte^T: d(lnf) into dC (overwritten), wte's LM-head gradient added.
-  cuda::matmul_backward(a.dC, pg("wte.weight"), nullptr, dlogits, a.lnf, pw("wte.weight"), N, C, V,
-                        Layout::OutIn, s, false);
-  // dres = d(res3 of the last layer), built by the ln_f backward (which adds).
+  // dres = d(res3 of the last layer), built by the ln_f backward (which adds) from d(lnf); dhidden
+  // may be dC (dhidden()), which the layers below then reuse as scratch.
   KD_CUDA_CHECK(cudaMemsetAsync(a.dres, 0, NC * sizeof(bf16), s));
-  cuda::layernorm_backward(a.dres, pg("ln_f.weight"), pg("ln_f.bias"), a.dC, a.res3 + (L - 1) * SC,
-                           pw("ln_f.weight"), a.lnf_mean, a.lnf_rstd, N, C, s);
+  cuda::layernorm_backward(a.dres, pg("ln_f.weight"), pg("ln_f.bias"), dhidden,
+                           a.res3 + (L - 1) * SC, pw("ln_f.weight"), a.lnf_mean, a.lnf_rstd, N, C,
+                           s);
   for (int l = L - 1; l >= 0; --l) {
     KD_RANGE_P("layer", Phase::Layer, l);
     const LayerW w = layer_w(l);
@@ -322,9 +325,9 @@ void GPT2Cuda::backward(const bf16* dlogits) {
   cuda::encoder_backward(pg("wte.weight"), pg("wpe.weight"), a.dres, fwd_tokens_, B, T, C, s);
 }
 
-void GPT2Cuda::forward_inference(bf16* out, const int32_t* tokens_dev, int B, int T) {
-  check_shape("GPT2Cuda::forward_inference", B, T);
-  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, V = cfg_.vocab_size, L = cfg_.n_layer;
+const bf16* GPT2Cuda::forward_inference_hidden(const int32_t* tokens_dev, int B, int T) {
+  check_shape("GPT2Cuda::forward_inference_hidden", B, T);
+  const int N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
   cudaStream_t s = stream_;
   const Acts& a = a_;
   // One layer of scratch (a student lends the first layer of its activations): x is the residual
@@ -351,8 +354,7 @@ void GPT2Cuda::forward_inference(bf16* out, const int32_t* tokens_dev, int B, in
     const bf16* nb = l + 1 < L ? layer_w(l + 1).ln1b : pw("ln_f.bias");
     cuda::fused_residual_layernorm_forward(x, ln, mean, rstd, x2, a.proj, nw, nb, N, C, s);
   }
-  cuda::matmul_forward(out, ln, pw("wte.weight"), nullptr, N, C, V, Layout::OutIn, false, nullptr,
-                       s);
+  return ln;  // ln_f's output
 }
 
 void GPT2Cuda::zero_grad() {
@@ -361,55 +363,144 @@ void GPT2Cuda::zero_grad() {
 
 // ---- host copies -------------------------------------------------------------------------------
 
+// The CPU table's tensors and the device table's are the same, in the same order; only wte has
+// more rows on the device (zero). Copying tensor by tensor the CPU's element count maps one layout
+// onto the other.
+std::vector<float> GPT2Cuda::to_device_layout(const std::vector<float>& cpu_values) const {
+  KD_REQUIRE(cpu_values.size() == cfg_.num_parameters(),
+             "GPT2Cuda: " + std::to_string(cfg_.num_parameters()) + " values expected, got " +
+                 std::to_string(cpu_values.size()));
+  std::vector<float> dev(P_, 0.0f);
+  for (size_t i = 0; i < table_.size(); ++i)
+    std::copy_n(cpu_values.begin() + static_cast<std::ptrdiff_t>(cpu_table_[i].offset),
+                cpu_table_[i].numel, dev.begin() + static_cast<std::ptrdiff_t>(table_[i].offset));
+  return dev;
+}
+
+std::vector<float> GPT2Cuda::to_cpu_layout(const std::vector<float>& dev_values) const {
+  KD_REQUIRE(dev_values.size() == P_, "GPT2Cuda: " + std::to_string(P_) + " values expected");
+  std::vector<float> cpu(cfg_.num_parameters());
+  for (size_t i = 0; i < table_.size(); ++i)
+    std::copy_n(dev_values.begin() + static_cast<std::ptrdiff_t>(table_[i].offset),
+                cpu_table_[i].numel,
+                cpu.begin() + static_cast<std::ptrdiff_t>(cpu_table_[i].offset));
+  return cpu;
+}
+
+std::vector<float> GPT2Cuda::download(const float* dev) const {
+  std::vector<float> out(P_);
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(out.data(), dev, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  return out;
+}
+
+std::vector<float> GPT2Cuda::download_optimizer(const float* dev) const {
+  std::vector<float> out(P_, 0.0f);
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  KD_CUDA_CHECK(cudaMemcpy(out.data() + opt_begin_, dev, (opt_end_ - opt_begin_) * sizeof(float),
+                           cudaMemcpyDeviceToHost));
+  return out;
+}
+
+std::vector<float> GPT2Cuda::download_master_device() const {
+  KD_REQUIRE(master_ != nullptr, "GPT2Cuda::download_master_device: a teacher has none");
+  return download_optimizer(master_);
+}
+
+void GPT2Cuda::shard_optimizer_state(size_t begin, size_t end) {
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::shard_optimizer_state: a teacher has none");
+  KD_REQUIRE(begin <= end && end <= P_, "GPT2Cuda::shard_optimizer_state: range beyond P");
+  KD_REQUIRE(opt_begin_ == 0 && opt_end_ == P_,
+             "GPT2Cuda::shard_optimizer_state: the optimizer state is already sharded");
+  const size_t n = end - begin;
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  DeviceBlock master(std::max<size_t>(n, 1) * sizeof(float));
+  DeviceBlock moments(std::max<size_t>(2 * n, 1) * sizeof(float));
+  float* mst = reinterpret_cast<float*>(master.get());
+  float* mom = reinterpret_cast<float*>(moments.get());
+  if (n > 0) {
+    KD_CUDA_CHECK(cudaMemcpy(mst, master_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+    KD_CUDA_CHECK(cudaMemcpy(mom, m_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+    KD_CUDA_CHECK(cudaMemcpy(mom + n, v_ + begin, n * sizeof(float), cudaMemcpyDeviceToDevice));
+  }
+  master_block_ = std::move(master);  // frees the whole-model buffers
+  moments_block_ = std::move(moments);
+  master_ = mst;
+  m_ = mom;
+  v_ = mom + n;
+  opt_begin_ = begin;
+  opt_end_ = end;
+  mem_.master_weights = n * sizeof(float);
+  mem_.moments = 2 * n * sizeof(float);
+}
+
 void GPT2Cuda::copy_params_from(const GPT2& cpu) {
-  KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == P_,
+  KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == cfg_.num_parameters(),
              "GPT2Cuda::copy_params_from: a model of another configuration");
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const std::vector<float> dev = to_device_layout(cpu.params);  // the padding rows zero
   std::vector<bf16> w16(P_);
-  for (size_t i = 0; i < P_; ++i) w16[i] = __float2bfloat16_rn(cpu.params[i]);
+  for (size_t i = 0; i < P_; ++i) w16[i] = __float2bfloat16_rn(dev[i]);
   KD_CUDA_CHECK(cudaMemcpy(weights_, w16.data(), P_ * sizeof(bf16), cudaMemcpyHostToDevice));
-  if (master_ != nullptr)
-    KD_CUDA_CHECK(
-        cudaMemcpy(master_, cpu.params.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  if (master_ != nullptr && opt_end_ > opt_begin_)
+    KD_CUDA_CHECK(cudaMemcpy(master_, dev.data() + opt_begin_,
+                             (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 void GPT2Cuda::copy_params_to(GPT2& cpu) const {
-  KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == P_,
+  KD_REQUIRE(cpu.config() == cfg_ && cpu.params.size() == cfg_.num_parameters(),
              "GPT2Cuda::copy_params_to: a model of another configuration");
-  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  if (master_ != nullptr) {
-    KD_CUDA_CHECK(
-        cudaMemcpy(cpu.params.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  if (master_ != nullptr && opt_begin_ == 0 && opt_end_ == P_) {
+    cpu.params = to_cpu_layout(download(master_));
     return;
   }
+  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::vector<bf16> w16(P_);
   KD_CUDA_CHECK(cudaMemcpy(w16.data(), weights_, P_ * sizeof(bf16), cudaMemcpyDeviceToHost));
-  for (size_t i = 0; i < P_; ++i) cpu.params[i] = __bfloat162float(w16[i]);
+  std::vector<float> dev(P_);
+  for (size_t i = 0; i < P_; ++i) dev[i] = __bfloat162float(w16[i]);
+  if (master_ != nullptr && opt_end_ > opt_begin_)  // a sharded student: its fp32 slice
+    KD_CUDA_CHECK(cudaMemcpy(dev.data() + opt_begin_, master_,
+                             (opt_end_ - opt_begin_) * sizeof(float), cudaMemcpyDeviceToHost));
+  cpu.params = to_cpu_layout(dev);
 }
 
 std::vector<float> GPT2Cuda::download_grads() const {
   KD_REQUIRE(grads_ != nullptr, "GPT2Cuda::download_grads: a teacher has none");
-  std::vector<float> out(P_);
-  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(out.data(), grads_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
-  return out;
+  return to_cpu_layout(download(grads_));
 }
 
 std::vector<float> GPT2Cuda::download_master() const {
   KD_REQUIRE(master_ != nullptr, "GPT2Cuda::download_master: a teacher has none");
-  std::vector<float> out(P_);
-  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(out.data(), master_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  return to_cpu_layout(download_optimizer(master_));
+}
+
+std::vector<float> GPT2Cuda::download_vocab_padding() const {
+  const size_t C = static_cast<size_t>(cfg_.n_embd);
+  const size_t first = layout_.wte + static_cast<size_t>(cfg_.vocab_size) * C;
+  const size_t n = static_cast<size_t>(dcfg_.vocab_size - cfg_.vocab_size) * C;
+  std::vector<float> out;
+  for (const float* buf : {master_, grads_, m_, v_}) {
+    if (buf == nullptr) continue;
+    const std::vector<float> all = buf == grads_ ? download(buf) : download_optimizer(buf);
+    out.insert(out.end(), all.begin() + static_cast<std::ptrdiff_t>(first),
+               all.begin() + static_cast<std::ptrdiff_t>(first + n));
+  }
+  std::vector<bf16> w16(n);
+  if (n > 0)
+    KD_CUDA_CHECK(
+        cudaMemcpy(w16.data(), weights_ + first, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  for (const bf16 w : w16) out.push_back(__bfloat162float(w));
   return out;
 }
 
-std::vector<float> GPT2Cuda::download_logits(int B, int T) const {
-  KD_REQUIRE(logits_ != nullptr, "GPT2Cuda::download_logits: a teacher has none");
-  check_shape("GPT2Cuda::download_logits", B, T);
-  const size_t n = static_cast<size_t>(B) * T * cfg_.vocab_size;
+std::vector<float> GPT2Cuda::download_hidden(int B, int T) const {
+  KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::download_hidden: a teacher keeps no activations");
+  check_shape("GPT2Cuda::download_hidden", B, T);
+  const size_t n = static_cast<size_t>(B) * T * cfg_.n_embd;
   std::vector<bf16> h(n);
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(h.data(), logits_, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  KD_CUDA_CHECK(cudaMemcpy(h.data(), a_.lnf, n * sizeof(bf16), cudaMemcpyDeviceToHost));
   std::vector<float> out(n);
   for (size_t i = 0; i < n; ++i) out[i] = __bfloat162float(h[i]);
   return out;
@@ -417,20 +508,17 @@ std::vector<float> GPT2Cuda::download_logits(int B, int T) const {
 
 void GPT2Cuda::download_moments(std::vector<float>& m, std::vector<float>& v) const {
   KD_REQUIRE(m_ != nullptr, "GPT2Cuda::download_moments: a teacher has none");
-  m.resize(P_);
-  v.resize(P_);
-  KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(m.data(), m_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
-  KD_CUDA_CHECK(cudaMemcpy(v.data(), v_, P_ * sizeof(float), cudaMemcpyDeviceToHost));
+  m = to_cpu_layout(download_optimizer(m_));
+  v = to_cpu_layout(download_optimizer(v_));
 }
 
 void GPT2Cuda::upload_moments(const std::vector<float>& m, const std::vector<float>& v) {
   KD_REQUIRE(m_ != nullptr, "GPT2Cuda::upload_moments: a teacher has none");
-  KD_REQUIRE(m.size() == P_ && v.size() == P_,
-             "GPT2Cuda::upload_moments: " + std::to_string(P_) + " values expected");
+  const std::vector<float> dm = to_device_layout(m), dv = to_device_layout(v);
   KD_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  KD_CUDA_CHECK(cudaMemcpy(m_, m.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
-  KD_CUDA_CHECK(cudaMemcpy(v_, v.data(), P_ * sizeof(float), cudaMemcpyHostToDevice));
+  const size_t n = opt_end_ - opt_begin_;
+  KD_CUDA_CHECK(cudaMemcpy(m_, dm.data() + opt_begin_, n * sizeof(float), cudaMemcpyHostToDevice));
+  KD_CUDA_CHECK(cudaMemcpy(v_, dv.data() + opt_begin_, n * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 }  // namespace kd

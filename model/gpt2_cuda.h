@@ -30,7 +30,6 @@
 #include "cuda/attention.cuh"
 #include "cuda/encoder.cuh"
 #include "cuda/gelu.cuh"
-#include "cuda/kd_loss.cuh"
 #include "cuda/layernorm.cuh"
 #include "cuda/matmul.cuh"
 #include "cuda/residual.cuh"
@@ -72,7 +71,7 @@ class GPT2Cuda {
  public:
   enum class Role {
     Student,  // trainable: forward (keeps activations), backward, optimizer state
-    Teacher,  // frozen: bf16 weights and forward_inference only
+    Teacher,  // frozen: bf16 weights and forward_inference_hidden only
   };
 
   // Uploads the CPU model's parameters (fp32 -> master, bf16 weights) and plans every buffer for
@@ -83,33 +82,59 @@ class GPT2Cuda {
   GPT2Cuda(const GPT2Cuda&) = delete;
   GPT2Cuda& operator=(const GPT2Cuda&) = delete;
 
+  // The vocabulary is padded on the device to a multiple of kVocabMultiple (50257 -> 50304, as
+  // llm.c does), so that every leading dimension of the LM head's products (wte [Vp, C], the logits
+  // [rows, Vp]) is 16-byte aligned for cuBLASLt and the loss kernel's vector loads. The padding
+  // rows of wte are zero, never get probability mass (the loss reads the first V columns only and
+  // writes a zero gradient on the others), and so stay zero through AdamW (zero gradient, zero
+  // moments, and weight decay of zero is zero). Everything that leaves the device (checkpoints,
+  // gradients and moments for tests) is in the CPU model's V-row layout.
+  static constexpr int kVocabMultiple = 64;
+  // cfg with its vocabulary padded: the layout of the device buffers.
+  static GPT2Config device_config(const GPT2Config& cfg);
+
   // What every category would take, without allocating anything.
   static GPT2CudaMemory plan(const GPT2Config& cfg, int B, int T, Role role);
   const GPT2CudaMemory& memory() const { return mem_; }
 
-  const GPT2Config& config() const { return cfg_; }
+  const GPT2Config& config() const { return cfg_; }  // the CPU model's (V rows)
+  // The device buffers' table and parameter count (wte with vocab_rows() rows).
   const std::vector<ParamInfo>& table() const { return table_; }
   size_t num_parameters() const { return P_; }
+  int vocab_rows() const { return dcfg_.vocab_size; }
   Role role() const { return role_; }
   int max_B() const { return maxB_; }
   int max_T() const { return maxT_; }
   cudaStream_t stream() const { return stream_; }
 
-  // Training forward on device tokens [B,T] (B <= max_B, T <= max_T; tokens in [0, V)): keeps the
-  // activations backward() needs and writes the logits [B,T,V] (bf16) into logits(). Student only.
-  void forward(const int32_t* tokens_dev, int B, int T);
-  cuda::bf16* logits() const { return logits_; }
+  // Training forward on device tokens [B,T] (B <= max_B, T <= max_T; tokens in [0, V)), stopped at
+  // the final LayerNorm: keeps the activations backward_hidden() needs and leaves ln_f's output
+  // [B,T,C] (bf16) in hidden(). No logits are formed: the LM head and the loss are
+  // cuda::lm_head_kd_loss's, chunk by chunk. Student only.
+  void forward_hidden(const int32_t* tokens_dev, int B, int T);
+  const cuda::bf16* hidden() const { return a_.lnf; }
+  // A [B,T,C] bf16 buffer for d(ln_f output): the caller may fill it (lm_head_kd_loss adds into it)
+  // and pass it to backward_hidden, which then reuses it as scratch.
+  cuda::bf16* dhidden() const { return a_.dC; }
 
-  // Backward from dlogits [B,T,V] bf16 (normally logits(), overwritten in place by the loss) of the
-  // last forward: ADDS into the fp32 gradients (the tied wte receives the LM head's and the
-  // embedding's contributions). The device tokens passed to forward must still hold the same ids.
-  void backward(const cuda::bf16* dlogits);
+  // Backward of the last forward_hidden from d(ln_f output) [B,T,C] bf16: ADDS into the fp32
+  // gradients (wte.weight must already hold the LM head's part, which lm_head_kd_loss adds; the
+  // embedding's is added here). The device tokens passed to forward_hidden must still hold the
+  // same ids.
+  void backward_hidden(const cuda::bf16* dhidden);
 
-  // Inference forward (any role): out [B,T,V] bf16 logits; a student uses its activation buffers
-  // as scratch, a teacher its one layer of scratch.
-  void forward_inference(cuda::bf16* out, const int32_t* tokens_dev, int B, int T);
+  // Inference forward (any role) stopped at the final LayerNorm; returns ln_f's output [B,T,C]
+  // bf16, which lives in scratch until the next call (a student lends its activation buffers, a
+  // teacher uses its one layer of scratch).
+  const cuda::bf16* forward_inference_hidden(const int32_t* tokens_dev, int B, int T);
 
-  // Device buffers of the optimizer (student only), laid out as table().
+  // The tied embedding [vocab_rows(),C] (bf16, the LM head's weight) and its fp32 gradient.
+  const cuda::bf16* wte() const { return pw("wte.weight"); }
+  float* wte_grad() const { return grads_ != nullptr ? pg("wte.weight") : nullptr; }
+
+  // Device buffers of the optimizer (student only), laid out as table(); after
+  // shard_optimizer_state(b, e), master(), m() and v() hold parameters [b, e) of that layout only
+  // (element 0 is parameter b).
   cuda::bf16* weights() const { return weights_; }
   float* master() const { return master_; }
   float* grads() const { return grads_; }
@@ -117,12 +142,29 @@ class GPT2Cuda {
   float* v() const { return v_; }
   void zero_grad();  // queued on the stream
 
-  // Host copies (synchronise the stream).
-  void copy_params_to(GPT2& cpu) const;                    // master (student) or bf16 (teacher)
-  void copy_params_from(const GPT2& cpu);                  // master and bf16 weights
-  std::vector<float> download_grads() const;               // fp32 [P]
-  std::vector<float> download_master() const;              // fp32 [P]
-  std::vector<float> download_logits(int B, int T) const;  // logits() as floats [B,T,V]
+  // ZeRO-1 (student): keeps the fp32 master weights and the moments of parameters [begin, end) of
+  // the device layout only and frees the rest (memory() shrinks accordingly). Once, before the
+  // first step.
+  void shard_optimizer_state(size_t begin, size_t end);
+  size_t optimizer_begin() const { return opt_begin_; }
+  size_t optimizer_end() const { return opt_end_; }
+  // The fp32 master weights in the device layout (P floats; with a sharded state its slice in
+  // place, zeros elsewhere), and a device-layout vector in the CPU layout.
+  std::vector<float> download_master_device() const;
+  std::vector<float> to_cpu_layout(const std::vector<float>& dev_values) const;
+
+  // Host copies (synchronise the stream), in the CPU model's layout (V rows of wte): the padding
+  // rows are dropped on the way out and zero on the way in. With a sharded optimizer state the
+  // master weights and moments are read and written in the slice only: copy_params_to fills the
+  // rest from the bf16 weights, download_master and download_moments with zeros.
+  void copy_params_to(GPT2& cpu) const;        // master (student) or bf16 (teacher)
+  void copy_params_from(const GPT2& cpu);      // master and bf16 weights
+  std::vector<float> download_grads() const;   // fp32, CPU layout
+  std::vector<float> download_master() const;  // fp32, CPU layout
+  // The padding rows of wte (rows V.. of vocab_rows()) in the master weights, gradients, m, v
+  // (student) and the bf16 weights, one after the other: all zero when the invariant holds.
+  std::vector<float> download_vocab_padding() const;
+  std::vector<float> download_hidden(int B, int T) const;  // hidden() as floats [B,T,C]
   void download_moments(std::vector<float>& m, std::vector<float>& v) const;
   void upload_moments(const std::vector<float>& m, const std::vector<float>& v);
 
@@ -134,11 +176,16 @@ class GPT2Cuda {
   const cuda::bf16* pw(const char* name) const;  // wte, wpe, ln_f.*
   float* pg(const char* name) const;
   void check_shape(const char* what, int B, int T) const;
+  std::vector<float> to_device_layout(const std::vector<float>& cpu_values) const;
+  std::vector<float> download(const float* dev) const;  // P_ floats of a device buffer
+  // P_ floats of an optimizer buffer (master_, m_, v_): the slice in place, zeros elsewhere.
+  std::vector<float> download_optimizer(const float* dev) const;
 
-  GPT2Config cfg_;
-  std::vector<ParamInfo> table_;
+  GPT2Config cfg_, dcfg_;  // the CPU model's configuration, and the padded one of the device
+  std::vector<ParamInfo> table_, cpu_table_;
   GPT2Layout layout_;
   size_t P_ = 0;
+  size_t opt_begin_ = 0, opt_end_ = 0;  // the parameters master_, m_ and v_ hold
   Role role_;
   int maxB_ = 0, maxT_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -162,7 +209,6 @@ class GPT2Cuda {
     cuda::bf16 *dres = nullptr, *dC = nullptr, *d4a = nullptr, *d4b = nullptr;
     float* att_scratch = nullptr;
   } a_;
-  cuda::bf16* logits_ = nullptr;
   const int32_t* fwd_tokens_ = nullptr;
   int B_ = 0, T_ = 0;
 };

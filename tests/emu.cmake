@@ -10,7 +10,7 @@ foreach(src ${KD_EMU_TEST_SOURCES})
   get_filename_component(name ${src} NAME_WE)
   kd_emu_rewrite(${src} out)
   add_executable(emu_${name} ${out})
-  target_link_libraries(emu_${name} PRIVATE kdcore_emu GTest::gtest_main)
+  target_link_libraries(emu_${name} PRIVATE kdcore_emu kd_ops_cpu_ref GTest::gtest_main)
   target_compile_options(emu_${name} PRIVATE ${KD_EMU_FLAGS})
   target_compile_definitions(emu_${name} PRIVATE KD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   # Idle OpenMP workers of the CPU twins would otherwise spin against the single emulator thread.
@@ -18,3 +18,7 @@ foreach(src ${KD_EMU_TEST_SOURCES})
   gtest_discover_tests(emu_${name} DISCOVERY_MODE PRE_TEST TEST_PREFIX "emu:"
                        PROPERTIES LABELS emu ENVIRONMENT OMP_WAIT_POLICY=PASSIVE)
 endforeach()
+# The emulator's NCCL test starts itself under mpirun; it needs the emulated NCCL (KD_HAVE_NCCL).
+if(TARGET emu_test_emu_nccl AND KD_HAVE_NCCL)
+  target_compile_definitions(emu_test_emu_nccl PRIVATE KD_EMU_NCCL=1)
+endif()

@@ -11,7 +11,9 @@
 #
 # Steps, each with its own timeout inside an overall budget (KD_CHECK_BUDGET_S, default 460 s):
 #   1. device: nvidia-smi -L (or a note that it is missing)
-#   2. every gpu_test_* executable, gtest JSON into OUTDIR/tests/
+#   2. every gpu_test_* executable, gtest JSON into OUTDIR/tests/ (but the multi-GPU one)
+#   2b. with more than one GPU visible (nvidia-smi -L): gpu_test_gpu_distributed, which trains under
+#      mpirun -np <GPUs> with one rank per GPU over NCCL (docs/distributed.md); skipped otherwise
 #   3. every gpu_bench_* executable, benchmark JSON into OUTDIR/bench/
 #   4. the PyTorch comparison, and a short teacher + KD training run on cuda
 #   5. compute-sanitizer memcheck and racecheck on the kernel tests (the large cases filtered out)
@@ -92,12 +94,32 @@ TESTS=()
 # Executables live in BUILD/tests and BUILD/bench (or BUILD itself, for other layouts).
 while IFS= read -r exe; do
   TESTS+=("$exe")
-done < <(find "$BUILD" -maxdepth 2 -type f -executable -name 'gpu_test_*' 2>/dev/null | sort)
+done < <(find "$BUILD" -maxdepth 2 -type f -executable -name 'gpu_test_*' \
+  ! -name gpu_test_gpu_distributed 2>/dev/null | sort)
 [ ${#TESTS[@]} -eq 0 ] && echo "[gpu_check] no gpu_test_* executables in $BUILD"
 for exe in ${TESTS[@]+"${TESTS[@]}"}; do
   name=$(basename "$exe")
   run_step "test_$name" 120 "$exe" --gtest_output="json:$OUT/tests/$name.json"
 done
+
+# ---- 2b. several GPUs: data-parallel training over NCCL ---------------------------------------------
+# The test launches `mpirun -np <GPUs> kdengine train` itself (one rank per GPU) and compares with
+# one rank. kdengine loads libnccl.so.2 at run time: from the CUDA toolkit's lib64 (already on
+# LD_LIBRARY_PATH) or from PyTorch's NCCL package, added here when python3 finds it.
+NGPU=0
+command -v nvidia-smi >/dev/null 2>&1 && NGPU=$(timeout 20 nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+MULTI="$(find "$BUILD" -maxdepth 2 -type f -executable -name gpu_test_gpu_distributed 2>/dev/null | head -n 1)"
+if [ "$NGPU" -le 1 ]; then
+  printf 'multi_gpu\tskipped\t-\t0\t(%s GPU visible; needs 2 or more)\n' "$NGPU" >>"$STEPS"
+  echo "[gpu_check] multi_gpu: skipped ($NGPU GPU visible)"
+elif [ -z "$MULTI" ] || ! command -v mpirun >/dev/null 2>&1; then
+  printf 'multi_gpu\tskipped\t-\t0\t(no gpu_test_gpu_distributed in the build, or no mpirun)\n' >>"$STEPS"
+  echo "[gpu_check] multi_gpu: skipped (no gpu_test_gpu_distributed or no mpirun)"
+else
+  NCCL_LIB=$(python3 -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null || true)
+  LD_LIBRARY_PATH="$LD_LIBRARY_PATH${NCCL_LIB:+:$NCCL_LIB}" \
+    run_step test_multi_gpu 300 "$MULTI" --gtest_output="json:$OUT/tests/gpu_test_gpu_distributed.json"
+fi
 
 # ---- 3. benchmarks ---------------------------------------------------------------------------------
 BENCHES=()

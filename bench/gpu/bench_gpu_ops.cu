@@ -1,8 +1,8 @@
-// GPU benchmarks of the non-matmul ops at GPT-2 124M shapes (B*T = 8192, C = 768, V = 50257), the
-// KD loss at 8192 and 65536 tokens, AdamW on 124M parameters, and the ceiling they are measured
-// against: a 1 GiB device-to-device copy, timed in the same process. Inputs rotate over enough
-// sets (> 256 MiB together) that L2 does not hold them between calls. Every benchmark reports GBps
-// (bytes it must move per call / time), TFLOPps and frac_copy (GBps over the copy's).
+// GPU benchmarks of the non-matmul ops at GPT-2 124M shapes (B*T = 8192, C = 768, V = 50257),
+// AdamW on 124M parameters (the KD loss is in bench_lm_head_kd_loss.cu), and the ceiling they are
+// measured against: a 1 GiB device-to-device copy, timed in the same process. Inputs rotate over
+// enough sets (> 256 MiB together) that L2 does not hold them between calls. Every benchmark
+// reports GBps (bytes it must move per call / time), TFLOPps and frac_copy (GBps over the copy's).
 #include <benchmark/benchmark.h>
 
 #include <memory>
@@ -12,7 +12,6 @@
 #include "cuda/adamw.cuh"
 #include "cuda/encoder.cuh"
 #include "cuda/gelu.cuh"
-#include "cuda/kd_loss.cuh"
 #include "cuda/layernorm.cuh"
 #include "cuda/residual.cuh"
 
@@ -27,7 +26,6 @@ constexpr int kN = 8192;  // B*T
 constexpr int kT = 1024;
 constexpr int kC = 768;
 constexpr int kV = 50257;
-constexpr int kVt = 50304;
 
 template <typename T>
 std::vector<std::unique_ptr<Buffer<T>>> make_sets(int sets, size_t n, float lo, float hi,
@@ -193,37 +191,6 @@ void BM_residual_backward(benchmark::State& state) {
   });
 }
 
-// KD loss, gradient written in place. Bytes: the minimum traffic, 6 per logit (student read +
-// written, teacher read); frac_copy therefore measures against that ideal.
-void BM_kd_loss(benchmark::State& state) {
-  if (!kd::probe_device().cuda_usable) return state.SkipWithError("no usable GPU");
-  const int N = static_cast<int>(state.range(0));
-  const auto div = static_cast<kd::Divergence>(state.range(1));
-  Buffer<bf16> z(size_t(N) * kV), t(size_t(N) * kVt);
-  z.fill(-4, 4, 31);
-  t.fill(-4, 4, 32);
-  Buffer<int32_t> targets(N);
-  std::vector<int32_t> h(N);
-  for (int i = 0; i < N; ++i) h[i] = static_cast<int32_t>((i * 131u) % kV);
-  KD_CUDA_CHECK(cudaMemcpy(targets.get(), h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice));
-  Buffer<kd::LossSums> sums(1);
-  KD_CUDA_CHECK(cudaMemset(sums.get(), 0, sizeof(kd::LossSums)));
-  kd::LossConfig cfg;
-  cfg.kd_weight = 1.0f;
-  cfg.temperature = 2.0f;
-  cfg.divergence = div;
-  const double logits = double(N) * kV;
-  // The gradient overwrites the logits; refill them each call would be timed, so the later calls
-  // see gradients as logits: the work per logit is the same.
-  run_timed(state, logits * 6.0, logits * 40.0, [&](int) {
-    kd::cuda::kd_loss(z.get(), sums.get(), z.get(), t.get(), kVt, targets.get(), N, kV, cfg,
-                      1.0f / N, 0);
-  });
-  state.SetLabel(div == kd::Divergence::ForwardKL   ? "forward KL"
-                 : div == kd::Divergence::ReverseKL ? "reverse KL"
-                                                    : "JSD(0.5)");
-}
-
 constexpr size_t kParams = 124439808;  // GPT-2 124M
 
 void BM_adamw_124M(benchmark::State& state) {
@@ -284,13 +251,6 @@ BENCHMARK(BM_gelu_forward)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gelu_backward)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_residual_forward)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_residual_backward)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_kd_loss)
-    ->Args({8192, static_cast<int>(kd::Divergence::ForwardKL)})
-    ->Args({8192, static_cast<int>(kd::Divergence::ReverseKL)})
-    ->Args({8192, static_cast<int>(kd::Divergence::JSD)})
-    ->Args({65536, static_cast<int>(kd::Divergence::ForwardKL)})
-    ->UseManualTime()
-    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_adamw_124M)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_global_norm_124M)->UseManualTime()->Unit(benchmark::kMicrosecond);
 

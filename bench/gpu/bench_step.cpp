@@ -122,7 +122,7 @@ void run_case(benchmark::State& state, const Case& k) {
     loss.kd_weight = 0.5f;
     loss.temperature = 2.0f;
   }
-  kd::CudaBackend tr(student, teacher.get(), loss, kd::AdamWConfig{}, k.B, k.T, 1);
+  kd::CudaBackend tr(student, teacher.get(), loss, kd::AdamWConfig{}, {k.B, k.T, 1});
   const int64_t max_b = tr.largest_micro_batch();
 
   const size_t n = size_t(k.B) * k.T;

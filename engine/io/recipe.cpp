@@ -655,7 +655,7 @@ const std::vector<Key>& keys() {
             at_least(1), "tokens per sequence; required with `[student] init`"),
         key(KD_KEY(train, grad_accum), 1, at_least(1), "micro-batches accumulated per step"),
         key(KD_KEY(train, loss_chunk), 0, at_least(0),
-            "rows per chunk of the fused LM head and loss (CPU); 0: automatic"),
+            "rows per chunk of the fused LM head and loss; 0: automatic"),
         key(KD_KEY(train, max_steps), required, at_least(1), "optimizer steps in the run"),
         key(KD_KEY(train, eval_every), 50, at_least(0),
             "evaluate every this many steps; 0: only at the end"),

@@ -83,7 +83,7 @@ struct Recipe {
     int micro_batch{};
     int seq_len{};
     int grad_accum{};
-    int loss_chunk{};  // rows per chunk of lm_head_kd_loss on the CPU; 0: automatic
+    int loss_chunk{};  // rows per chunk of lm_head_kd_loss (both backends); 0: automatic
     int max_steps{};
     int eval_every{};
     int eval_batches{};

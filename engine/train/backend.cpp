@@ -8,6 +8,7 @@
 #include "engine/base/error.h"
 #include "engine/train/cuda_backend.h"
 #include "engine/train/device.h"
+#include "engine/train/nccl_comm.h"
 
 namespace kd {
 
@@ -86,13 +87,24 @@ std::unique_ptr<Backend> make_backend(Device device, GPT2& student, const GPT2* 
     return make_cpu_backend(student, teacher, loss, adamw, shape);
   }
 #ifdef KD_WITH_CUDA
+  nccl::select_device();  // a multi-rank job: the node-local rank's GPU, before any allocation
   out << "device: cuda (" << dev.name << ")\n";
-  return std::make_unique<CudaBackend>(student, teacher, loss, adamw, shape.B, shape.T,
-                                       shape.grad_accum);
+  return std::make_unique<CudaBackend>(student, teacher, loss, adamw, shape);
 #else
   // probe_device() never reports a usable GPU in a build without the CUDA backend.
   throw ContractError("make_backend: a usable GPU in a build without the CUDA backend");
 #endif
+}
+
+MemoryPlan memory_plan_for(Device device, const GPT2Config& student, const GPT2Config* teacher,
+                           const StepShape& shape) {
+#ifdef KD_WITH_CUDA
+  if (device == Device::Cuda || (device == Device::Auto && probe_device().cuda_usable))
+    return cuda_memory_plan(student, teacher, shape);
+#else
+  (void)device;
+#endif
+  return cpu_memory_plan(student, teacher, shape);
 }
 
 }  // namespace kd

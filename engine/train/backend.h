@@ -65,7 +65,7 @@ struct StepShape {
   int B = 1;           // sequences per micro-batch
   int T = 1;           // tokens per sequence
   int grad_accum = 1;  // micro-batches per optimizer step
-  int loss_chunk = 0;  // rows per chunk of the CPU's fused LM head + loss; 0: automatic
+  int loss_chunk = 0;  // rows per chunk of the fused LM head + loss (both backends); 0: automatic
 };
 
 // ---- Data parallelism (docs/distributed.md)
@@ -169,7 +169,7 @@ class Backend {
   // The student's parameters into model.params and the AdamW moments into m and v (resized to the
   // parameter count), in the parameter table's layout. With a sharded optimizer only this rank's
   // shard_range(P, ranks, rank) of m and v is filled (the rest is zero): the caller gathers the
-  // other ranks' slices (the trainer: comm::gather_slices to rank 0).
+  // other ranks' slices (the trainer: comm::sum_to_root).
   virtual void save_state(GPT2& model, std::vector<float>& m, std::vector<float>& v) = 0;
   // The inverse: resume from a checkpoint's parameters and (whole) moments; a sharded backend
   // keeps its slice.
@@ -197,6 +197,11 @@ std::unique_ptr<Backend> make_backend(Device device, GPT2& student, const GPT2* 
 
 // The CPU backend's plan, without building anything (`kdengine check`).
 MemoryPlan cpu_memory_plan(const GPT2Config& student, const GPT2Config* teacher,
+                           const StepShape& shape);
+// The plan of the backend make_backend would build for `device` (the GPU's when device is Cuda,
+// or Auto with a usable GPU, in a build with the CUDA backend; else the CPU's), without building
+// anything (`kdengine check`).
+MemoryPlan memory_plan_for(Device device, const GPT2Config& student, const GPT2Config* teacher,
                            const StepShape& shape);
 
 }  // namespace kd

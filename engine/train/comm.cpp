@@ -384,28 +384,19 @@ std::vector<uint64_t> allgather(uint64_t value) {
   return all;
 }
 
-void gather_shards([[maybe_unused]] float* data, [[maybe_unused]] size_t n) {
+void sum_to_root([[maybe_unused]] float* data, [[maybe_unused]] size_t n) {
 #if KD_WITH_MPI
   if (g_size == 1) return;
   arrive("the optimizer-state gather");
-  const size_t shard = shard_floats(n, g_size);
-  const size_t ranks = static_cast<size_t>(g_size);
-  std::vector<int> counts(ranks), displs(ranks);
-  for (int q = 0; q < g_size; ++q) {
-    const ShardRange s = shard_range(n, g_size, q);
-    counts[q] = as_count(s.size(), "gather_shards");
-    displs[q] = as_count(std::min(n, size_t(q) * shard), "gather_shards");
-  }
-  std::vector<MPI_Request> reqs(1);
-  const ShardRange mine = shard_range(n, g_size, g_rank);
-  if (g_rank == 0)
-    check(MPI_Igatherv(MPI_IN_PLACE, 0, MPI_FLOAT, data, counts.data(), displs.data(), MPI_FLOAT, 0,
-                       MPI_COMM_WORLD, &reqs[0]),
-          "MPI_Igatherv");
-  else
-    check(MPI_Igatherv(data + mine.begin, counts[g_rank], MPI_FLOAT, nullptr, nullptr, nullptr,
-                       MPI_FLOAT, 0, MPI_COMM_WORLD, &reqs[0]),
-          "MPI_Igatherv");
+  std::vector<MPI_Request> reqs;
+  chunked(n, [&](size_t off, int c) {
+    MPI_Request r;
+    check(g_rank == 0
+              ? MPI_Ireduce(MPI_IN_PLACE, data + off, c, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD, &r)
+              : MPI_Ireduce(data + off, nullptr, c, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD, &r),
+          "MPI_Ireduce");
+    reqs.push_back(r);
+  });
   wait_all(reqs);
 #endif
 }

@@ -66,9 +66,11 @@ bool any(bool flag);
 void broadcast(void* data, size_t bytes, int root = 0);
 // Every rank's value, indexed by rank.
 std::vector<uint64_t> allgather(uint64_t value);
-// ZeRO-1 checkpoints: each rank's shard_range(n, size(), rank) of data (n floats) into rank 0's
-// buffer, in place; the other ranks' buffers are unchanged.
-void gather_shards(float* data, size_t n);
+// ZeRO-1 checkpoints: the sum over the ranks of n floats into rank 0's buffer, in place (the
+// other ranks' buffers are unchanged). With each rank's moments filled in its own slice and zero
+// elsewhere (Backend::save_state), the sum is the whole state, exactly, whatever the backend's
+// slice layout (the GPU slices its padded device layout).
+void sum_to_root(float* data, size_t n);
 
 // The step's collectives for a backend (backend.h's StepReducer) over MPI. The backend-memory
 // calls start MPI_Iallreduce / MPI_Ireduce_scatter / MPI_Iallgatherv and return; finish() polls

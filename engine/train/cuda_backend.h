@@ -6,11 +6,14 @@
 //     copy the step's tokens and targets (pinned host -> device, async, on the step's stream)
 //     zero the gradients and the device loss sums
 //     for each of grad_accum micro-batches:
-//       teacher.forward_inference -> teacher logits [B,T,Vt] (bf16, loss workspace)
-//       student.forward           -> logits [B,T,V] (bf16)
-//       kd_loss                   -> sums += ..., dlogits written over the logits, already scaled
-//                                    by 1 / (supervised tokens of the whole step)
-//       student.backward          -> fp32 gradients += ...
+//       teacher.forward_inference_hidden -> the teacher's ln_f output [B,T,Ct] (bf16, its scratch)
+//       student.forward_hidden    -> the student's ln_f output [B,T,C] (bf16)
+//       lm_head_kd_loss           -> per chunk of rows (the recipe's loss_chunk): both chunks of
+//                                    logits (cuBLASLt), kd_loss (sums += ..., dlogits over the
+//                                    chunk's logits, scaled by 1 / (supervised tokens of the whole
+//                                    step)), d(ln_f output) += dlogits·wte, dwte += dlogitsᵀ·h.
+//                                    Only one chunk's logits exist (the loss workspace).
+//       student.backward_hidden   -> fp32 gradients += ...
 //     global_norm (deterministic) -> norm and clip scale, left on the device
 //     adamw_update (one launch)   -> fp32 master, m, v; bf16 weights rewritten from master
 //     copy sums + norm to pinned host memory; synchronise once; return them
@@ -31,22 +34,43 @@
 
 namespace kd {
 
+// The CUDA backend's plan (what CudaBackend allocates, by category), without a GPU (`kdengine
+// check`). The loss workspace is one chunk of both models' bf16 logits
+// (cuda::lm_head_kd_loss_workspace_elems) and the step's readback; no [B,T,V] tensor exists.
+MemoryPlan cuda_memory_plan(const GPT2Config& student, const GPT2Config* teacher,
+                            const StepShape& shape);
+
 class CudaBackend final : public Backend {
  public:
   // Uploads the student (fp32 master + bf16 copy, zero moments) and the teacher (bf16), and plans
-  // every device buffer for micro-batches of B sequences of T tokens, grad_accum per step.
+  // every device buffer for micro-batches of shape.B sequences of shape.T tokens, shape.grad_accum
+  // per step, the LM heads and the loss in chunks of shape.loss_chunk rows (0: automatic).
   // teacher may be null (plain CE pretraining; loss.kd_weight is then ignored). The teacher's
   // vocabulary must be >= the student's (a padded teacher is read on its first V columns).
   // stochastic_rounding rounds the master -> bf16 copy stochastically (seeded by seed).
   CudaBackend(const GPT2& student, const GPT2* teacher, const LossConfig& loss,
-              const AdamWConfig& adamw, int B, int T, int grad_accum,
-              bool stochastic_rounding = false, uint64_t seed = 0);
+              const AdamWConfig& adamw, const StepShape& shape, bool stochastic_rounding = false,
+              uint64_t seed = 0);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   const char* name() const override { return "cuda"; }
 
+  // Data parallelism over NCCL: `reducer` must be a nccl::NcclStepReducer
+  // (engine/train/nccl_comm.h; device memory, bound here to the step's stream), or null for one
+  // rank. step() then sums the supervised rows before the loss, the gradients after the last
+  // backward (before the norm) and the loss sums after the step's synchronisation.
+  //
+  // With reducer->shard_optimizer() (ZeRO-1) this rank keeps, from here on, only its slice
+  // [r * shard, (r + 1) * shard) of the fp32 master weights and the moments (nccl::zero1_shard);
+  // each step reduce-scatters the gradients, takes the global norm as the norm of the ranks' slice
+  // norms, runs AdamW on its slice and all-gathers the bf16 weights. save_state then gathers the
+  // fp32 master weights from every rank (collective: every rank must call it) and fills only this
+  // rank's slice of m and v (the rest zero: the caller gathers them); load_state keeps the slice.
+  // With stochastic rounding the noise of an element depends on its index within the slice, so a
+  // sharded run rounds differently from an unsharded one (still unbiased).
+  void set_reducer(StepReducer* reducer) override;
   // Tokens must lie in [0, V). One host synchronisation, at the end.
   StepResult step(const int32_t* inputs, const int32_t* targets, float lr, float grad_clip,
                   int t) override;
@@ -73,11 +97,16 @@ class CudaBackend final : public Backend {
   // the step without the update: gradients of the step's loss are left in the device gradient
   // buffer; returns the sums and the norm.
   StepResult accumulate(const int32_t* inputs, const int32_t* targets);
-  // the fp32 gradient buffer, the fp32 master weights, and the student's logits [B,T,V] of a
-  // training forward on host tokens.
+  // the fp32 gradient buffer and the fp32 master weights (the CPU model's layout: V rows of wte),
+  // and the student's ln_f output [B,T,C] of a training forward on host tokens.
   std::vector<float> gradients() const;
   std::vector<float> master_weights() const;
-  std::vector<float> student_logits(const int32_t* tokens, int B, int T);
+  std::vector<float> student_hidden(const int32_t* tokens, int B, int T);
+  // Rows per chunk of the LM heads and the loss.
+  int loss_chunk_rows() const;
+  // The student's vocabulary padding on the device (GPT2Cuda::download_vocab_padding): the rows
+  // V.. of wte in the master weights, gradients, m, v and bf16 weights; all zero.
+  std::vector<float> vocab_padding() const;
   // Device bytes of every buffer this object allocated.
   size_t device_bytes() const;
 

@@ -27,6 +27,7 @@
 #include "engine/ops/cpu/threads.h"
 #include "engine/train/backend.h"
 #include "engine/train/comm.h"
+#include "engine/train/nccl_comm.h"
 #include "engine/train/run_dir.h"
 #include "engine/train/student_init.h"
 #include "engine/train/train_log.h"
@@ -557,9 +558,11 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   // ZeRO-1 (backend.h): with several ranks and [distributed] shard_optimizer, each rank keeps its
   // shard of the moments; checkpoints gather them on rank 0.
   const bool sharded = ranks > 1 && r.distributed.shard_optimizer;
-  comm::MpiStepReducer reducer(sharded);
-  if (ranks > 1) backend->set_reducer(&reducer);  // before load_state: it keeps only its slice
   backend->load_state(model, m, v);
+  // MPI on CPU ranks, NCCL on GPU ranks (nccl_comm.h); with ZeRO-1 the backend cuts its moments
+  // (and on the GPU its master weights) to its slice here.
+  std::unique_ptr<StepReducer> reducer;
+  if (ranks > 1) backend->set_reducer((reducer = make_step_reducer(*backend, sharded)).get());
   // The moments now live in the backend; these host copies exist again only while a checkpoint
   // is written (on the CPU they would otherwise double the optimizer's memory).
   release(m, v);
@@ -594,9 +597,9 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
     backend->save_state(model, m, v);
-    if (sharded) {
-      comm::gather_shards(m.data(), m.size());
-      comm::gather_shards(v.data(), v.size());
+    if (sharded) {  // each rank filled its slice (of its backend's layout), zeros elsewhere
+      comm::sum_to_root(m.data(), m.size());
+      comm::sum_to_root(v.data(), v.size());
     }
     if (root) {
       write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
@@ -715,7 +718,8 @@ void print_check(const Recipe& r, std::ostream& out) {
   const StepShape shape = step_shape(r, sc);
   out << "student parameters: " << sc.num_parameters() << "\n";
   if (s.teacher) out << "teacher parameters: " << s.teacher->config().num_parameters() << "\n";
-  const MemoryPlan p = cpu_memory_plan(sc, s.teacher ? &s.teacher->config() : nullptr, shape);
+  const MemoryPlan p =
+      memory_plan_for(r.run.device, sc, s.teacher ? &s.teacher->config() : nullptr, shape);
   auto mib = [](double b) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%10.2f MiB", b / (1024.0 * 1024.0));
@@ -723,6 +727,7 @@ void print_check(const Recipe& r, std::ostream& out) {
   };
   out << "memory plan (" << p.device << "):\n";
   out << "  weights            " << mib(p.weights) << "\n";
+  if (p.master_weights) out << "  master weights     " << mib(p.master_weights) << "  (fp32)\n";
   out << "  gradients          " << mib(p.gradients) << "\n";
   out << "  optimizer moments  " << mib(p.moments)
       << (r.distributed.shard_optimizer ? "  (at N ranks each holds 1/N: ZeRO-1)\n" : "\n");
@@ -731,8 +736,7 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  teacher weights    " << mib(p.teacher_weights) << "\n";
   out << "  teacher scratch    " << mib(p.teacher_scratch) << "\n";
   out << "  loss workspace     " << mib(p.loss_workspace)
-      << (p.device.rfind("cpu", 0) == 0 ? "  (one chunk of both models' logits)\n"
-                                        : "  (teacher logits of one micro-batch)\n");
+      << "  (one chunk of both models' logits)\n";
   out << "  other              " << mib(p.other) << "  (the step's tokens and targets)\n";
   out << "  total              " << mib(p.total()) << "\n";
 }

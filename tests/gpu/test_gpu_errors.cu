@@ -98,15 +98,20 @@ TEST(CudaPreconditions, KdLossRejectsBrokenPreconditions) {
   LossConfig ok;
   ok.divergence = Divergence::JSD;
   ok.kd_weight = 0.5f;
-  auto call = [&](const bf16* z, const bf16* t, int Vt, int n, int v, const LossConfig& cfg) {
-    return
-        [=] { kd::cuda::kd_loss(nullptr, nullptr, z, t, Vt, targets, n, v, cfg, 1.0f, nullptr); };
+  auto call = [&](const bf16* z, const bf16* t, int Vt, int n, int v, const LossConfig& cfg,
+                  int Vs = -1) {
+    return [=] {
+      kd::cuda::kd_loss(nullptr, nullptr, z, Vs < 0 ? v : Vs, t, Vt, targets, n, v, cfg, 1.0f,
+                        nullptr);
+    };
   };
   using E = kd::ContractError;
   EXPECT_TRUE(contains(message_of<E>(call(logits, teacher, V, -1, V, ok)), "row count N"));
   EXPECT_TRUE(contains(message_of<E>(call(logits, teacher, V, N, 0, ok)), "vocabulary size V"));
   EXPECT_TRUE(contains(message_of<E>(call(nullptr, teacher, V, N, V, ok)), "must not be null"));
   EXPECT_TRUE(contains(message_of<E>(call(logits, teacher, V - 1, N, V, ok)), "row stride Vt"));
+  EXPECT_TRUE(
+      contains(message_of<E>(call(logits, teacher, V, N, V, ok, V - 1)), "student row stride Vs"));
   LossConfig bad = ok;
   bad.temperature = 0.0f;
   EXPECT_TRUE(contains(message_of<E>(call(logits, teacher, V, N, V, bad)), "temperature"));
@@ -134,7 +139,7 @@ TEST(CudaPreconditions, KdLossWithPreconditionsMetRuns) {
   LossConfig ok;
   ok.divergence = Divergence::JSD;
   ok.kd_weight = 0.5f;
-  kd::cuda::kd_loss(dg.get(), sums.get(), dz.get(), dt.get(), V, dtg.get(), N, V, ok, 1.0f / 3,
+  kd::cuda::kd_loss(dg.get(), sums.get(), dz.get(), V, dt.get(), V, dtg.get(), N, V, ok, 1.0f / 3,
                     nullptr);
   KD_CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_EQ(sums.download()[0].rows, 3);

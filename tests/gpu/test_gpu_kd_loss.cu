@@ -1,8 +1,12 @@
-// The fused distillation loss kernel against its CPU twin kd::cpu::kd_loss: every divergence
-// (forward KL, reverse KL, JSD at several beta and at its KL ends), plain CE, T in {0.5, 2}, masked
-// rows, a padded teacher vocabulary (padding is NaN: reading it would show), the gradient written
-// in place over the logits, evaluation without a gradient, and the real vocabulary V = 50257 with a
-// few rows and with 1024 rows. Inputs are rounded to bf16 first and fed to the CPU twin as floats.
+// The fused distillation loss kernel against the plainly written CPU reference
+// kd::cpu::ref::kd_loss: every divergence (forward KL, reverse KL, JSD at several beta and at its
+// KL ends), plain CE, T in {0.5, 1, 2, 4}, masked rows, a padded teacher vocabulary (padding is
+// NaN: reading it would show), a padded student row stride (the padding columns of dlogits must
+// come out exactly 0), both the 16-byte vector path (strides that are multiples of 8) and the
+// one-by-one path (odd strides), the gradient written in place over the logits or into a poisoned
+// buffer, evaluation without a gradient, and the real vocabulary: V = 50257 with the padded widths
+// 50304 (the row fits the shared-memory cache) and V = 60000 (it does not: the uncached path).
+// Inputs are rounded to bf16 first and fed to the reference as floats.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +19,7 @@
 
 #include "cuda/kd_loss.cuh"
 #include "engine/ops/cpu/ops.h"
+#include "engine/ops/cpu/reference/ops_ref.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace {
@@ -33,7 +38,7 @@ using kd::test::round_to_bf16;
 constexpr double kSumTol = 1e-4;
 
 struct Case {
-  int N, V, Vt;  // Vt = 0: no teacher (plain CE)
+  int N, V, Vs, Vt;  // Vs: the student's row stride (>= V); Vt = 0: no teacher (plain CE)
   Divergence div;
   float beta;
   float temperature;
@@ -46,8 +51,8 @@ std::string name_of(const Case& c) {
   const char* d = c.div == Divergence::ForwardKL   ? "FKL"
                   : c.div == Divergence::ReverseKL ? "RKL"
                                                    : "JSD";
-  std::string s = "N" + std::to_string(c.N) + "_V" + std::to_string(c.V) + "_Vt" +
-                  std::to_string(c.Vt) + "_" + d + "_b" +
+  std::string s = "N" + std::to_string(c.N) + "_V" + std::to_string(c.V) + "_Vs" +
+                  std::to_string(c.Vs) + "_Vt" + std::to_string(c.Vt) + "_" + d + "_b" +
                   std::to_string(static_cast<int>(c.beta * 100)) + "_T" +
                   std::to_string(static_cast<int>(c.temperature * 10)) + (c.t2 ? "_t2" : "") +
                   (c.in_place ? "_inplace" : "") + (c.with_grad ? "" : "_nograd");
@@ -63,11 +68,14 @@ std::string name_of(const Case& c) {
 }
 
 void run_case(const Case& c) {
-  const int N = c.N, V = c.V, Vt = c.Vt;
+  const int N = c.N, V = c.V, Vs = c.Vs, Vt = c.Vt;
   const bool teacher = Vt > 0;
-  std::mt19937 rng(17 + N * 31 + V + Vt + static_cast<int>(c.div) * 7 +
+  std::mt19937 rng(17 + N * 31 + V + Vs + Vt + static_cast<int>(c.div) * 7 +
                    static_cast<int>(c.temperature * 10));
   auto z = random_uniform(static_cast<size_t>(N) * V, rng, -4, 4);
+  // The student's rows on the device: stride Vs, the padding columns random (as padded logits
+  // would not be, so a gradient that leaves them alone shows).
+  std::vector<float> zs = random_uniform(static_cast<size_t>(N) * Vs, rng, -4, 4);
   std::vector<float> t;
   if (teacher) {
     // Teacher = student + noise, so the two distributions are related as in real distillation.
@@ -80,7 +88,11 @@ void run_case(const Case& c) {
   std::vector<int32_t> targets(N);
   std::uniform_int_distribution<int32_t> tok(0, V - 1);
   for (int n = 0; n < N; ++n) targets[n] = (n % 5 == 3) ? -1 : tok(rng);  // every 5th row masked
-  const auto z_h = round_to_bf16(z);
+  round_to_bf16(z);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < V; ++k)
+      zs[static_cast<size_t>(n) * Vs + k] = z[static_cast<size_t>(n) * V + k];
+  const auto z_h = round_to_bf16(zs);
   std::vector<bf16> t_h;
   if (teacher) {
     t_h.resize(t.size());
@@ -109,10 +121,10 @@ void run_case(const Case& c) {
   start.rows = 11;
   LossSums cpu_sums = start;
   std::vector<float> dz_cpu(z.size());
-  kd::cpu::kd_loss(c.with_grad ? dz_cpu.data() : nullptr, &cpu_sums, z.data(),
-                   teacher ? t.data() : nullptr, Vt, targets.data(), N, V, cfg, inv_norm);
+  kd::cpu::ref::kd_loss(c.with_grad ? dz_cpu.data() : nullptr, &cpu_sums, z.data(),
+                        teacher ? t.data() : nullptr, Vt, targets.data(), N, V, cfg, inv_norm);
 
-  DeviceBuffer<bf16> d_z(z_h), d_dz(c.in_place ? 0 : z.size());
+  DeviceBuffer<bf16> d_z(z_h), d_dz(c.in_place ? 0 : zs.size());
   DeviceBuffer<bf16> d_t(t_h);
   DeviceBuffer<int32_t> d_targets(targets);
   DeviceBuffer<LossSums> d_sums(std::vector<LossSums>{start});
@@ -125,8 +137,8 @@ void run_case(const Case& c) {
       dz = d_dz.get();
     }
   }
-  kd::cuda::kd_loss(dz, d_sums.get(), d_z.get(), teacher ? d_t.get() : nullptr, Vt, d_targets.get(),
-                    N, V, cfg, inv_norm, 0);
+  kd::cuda::kd_loss(dz, d_sums.get(), d_z.get(), Vs, teacher ? d_t.get() : nullptr, Vt,
+                    d_targets.get(), N, V, cfg, inv_norm, 0);
   const LossSums g = d_sums.download()[0];
   EXPECT_EQ(g.rows, cpu_sums.rows);
   EXPECT_TRUE(sum_close(g.loss, cpu_sums.loss, 1e-3, "loss"));
@@ -136,15 +148,19 @@ void run_case(const Case& c) {
   EXPECT_TRUE(sum_close(g.teacher_entropy, cpu_sums.teacher_entropy, 1e-3, "teacher_entropy"));
   EXPECT_TRUE(sum_close(g.student_entropy, cpu_sums.student_entropy, 1e-3, "student_entropy"));
   if (c.with_grad) {
-    const auto got = c.in_place ? d_z.download() : d_dz.download();
+    const auto all = c.in_place ? d_z.download() : d_dz.download();
+    std::vector<bf16> got(static_cast<size_t>(N) * V);
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < V; ++k)
+        got[static_cast<size_t>(n) * V + k] = all[static_cast<size_t>(n) * Vs + k];
     EXPECT_TRUE(close_norm(got, dz_cpu, kBf16Tol, "dlogits"));
-    // Masked rows are exactly zero.
+    // Masked rows and the padding columns of every row are exactly zero.
     for (int n = 0; n < N; ++n) {
-      if (targets[n] >= 0) continue;
-      for (int k = 0; k < V; ++k) {
-        const float v = __bfloat162float(got[static_cast<size_t>(n) * V + k]);
+      for (int k = targets[n] >= 0 ? V : 0; k < Vs; ++k) {
+        const float v = __bfloat162float(all[static_cast<size_t>(n) * Vs + k]);
         if (v != 0.0f) {
-          ADD_FAILURE() << "masked row " << n << " column " << k << " has gradient " << v;
+          ADD_FAILURE() << (k < V ? "masked row " : "padding of row ") << n << " column " << k
+                        << " has gradient " << v;
           return;
         }
       }
@@ -166,39 +182,49 @@ TEST_P(GpuKdLoss, MatchesCpu) {
 std::vector<Case> small_cases() {
   std::vector<Case> out;
   const struct {
-    int N, V, Vt;
-  } shapes[] = {{7, 37, 37}, {5, 100, 104}, {3, 1000, 1000}, {13, 3001, 3008}};
+    int N, V, Vs, Vt;
+  } shapes[] = {
+      {7, 37, 37, 37},     // odd strides: every column one by one
+      {5, 131, 192, 136},  // padded strides (multiples of 8): 16-byte vectors and a tail of 3
+      {6, 67, 67, 70},     // teacher stride not a multiple of 8: one by one
+      {13, 3001, 3008, 3008},
+  };
   for (const auto& s : shapes) {
-    for (float T : {0.5f, 2.0f}) {
-      out.push_back({s.N, s.V, s.Vt, Divergence::ForwardKL, 0.5f, T, true, true, true});
-      out.push_back({s.N, s.V, s.Vt, Divergence::ReverseKL, 0.5f, T, true, false, true});
-      for (float beta : {0.1f, 0.5f, 0.9f})
-        out.push_back({s.N, s.V, s.Vt, Divergence::JSD, beta, T, true, true, true});
+    for (float T : {0.5f, 1.0f, 2.0f, 4.0f}) {
+      out.push_back({s.N, s.V, s.Vs, s.Vt, Divergence::ForwardKL, 0.5f, T, true, true, true});
+      out.push_back({s.N, s.V, s.Vs, s.Vt, Divergence::ReverseKL, 0.5f, T, true, false, true});
+      out.push_back({s.N, s.V, s.Vs, s.Vt, Divergence::JSD, 0.5f, T, true, true, true});
     }
-    out.push_back({s.N, s.V, 0, Divergence::ForwardKL, 0.5f, 1.0f, true, true, true});  // CE only
+    for (float beta : {0.1f, 0.9f})
+      out.push_back({s.N, s.V, s.Vs, s.Vt, Divergence::JSD, beta, 2.0f, true, false, true});
+    out.push_back({s.N, s.V, s.Vs, 0, Divergence::ForwardKL, 0.5f, 1.0f, true, true, true});  // CE
   }
   // JSD at its ends takes the KL formulas; no T^2; evaluation without gradient.
-  out.push_back({6, 257, 260, Divergence::JSD, 0.0f, 2.0f, true, true, true});
-  out.push_back({6, 257, 260, Divergence::JSD, 1.0f, 2.0f, true, true, true});
-  out.push_back({6, 257, 260, Divergence::ForwardKL, 0.5f, 2.0f, false, false, true});
-  out.push_back({6, 257, 260, Divergence::JSD, 0.3f, 0.5f, true, true, false});
-  out.push_back({6, 257, 260, Divergence::ReverseKL, 0.3f, 1.0f, true, true, false});
+  out.push_back({6, 257, 264, 260, Divergence::JSD, 0.0f, 2.0f, true, true, true});
+  out.push_back({6, 257, 264, 260, Divergence::JSD, 1.0f, 2.0f, true, true, true});
+  out.push_back({6, 257, 264, 264, Divergence::ForwardKL, 0.5f, 2.0f, false, false, true});
+  out.push_back({6, 257, 257, 260, Divergence::JSD, 0.3f, 0.5f, true, true, false});
+  out.push_back({6, 257, 264, 264, Divergence::ReverseKL, 0.3f, 1.0f, true, true, false});
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Small, GpuKdLoss, ::testing::ValuesIn(small_cases()),
                          [](const auto& info) { return name_of(info.param); });
 
-// The real vocabulary (odd V: rows are not 4-byte aligned) with the padded teacher width.
+// The real vocabulary, unpadded (odd V: rows not 4-byte aligned) and padded to 50304 as the GPU
+// model holds it; and V = 60000, whose row pair (240 KB) does not fit the shared-memory cache.
 INSTANTIATE_TEST_SUITE_P(
     Gpt2Vocab, GpuKdLoss,
-    ::testing::Values(Case{4, 50257, 50304, Divergence::ForwardKL, 0.5f, 2.0f, true, true, true},
-                      Case{4, 50257, 50304, Divergence::ReverseKL, 0.5f, 0.5f, true, true, true},
-                      Case{4, 50257, 50304, Divergence::JSD, 0.5f, 2.0f, true, true, true},
-                      Case{4, 50257, 50304, Divergence::JSD, 0.1f, 0.5f, true, false, true},
-                      Case{4, 50257, 0, Divergence::ForwardKL, 0.5f, 1.0f, true, true, true},
-                      Case{1024, 50257, 50304, Divergence::ForwardKL, 0.5f, 2.0f, true, true,
-                           true}),
+    ::testing::Values(
+        Case{4, 50257, 50257, 50304, Divergence::ForwardKL, 0.5f, 2.0f, true, true, true},
+        Case{4, 50257, 50304, 50304, Divergence::ReverseKL, 0.5f, 0.5f, true, true, true},
+        Case{4, 50257, 50304, 50304, Divergence::JSD, 0.5f, 2.0f, true, true, true},
+        Case{4, 50257, 50304, 50304, Divergence::JSD, 0.1f, 0.5f, true, false, true},
+        Case{4, 50257, 50304, 0, Divergence::ForwardKL, 0.5f, 1.0f, true, true, true},
+        Case{3, 60000, 60032, 60032, Divergence::JSD, 0.5f, 4.0f, true, true, true},
+        Case{3, 60000, 60032, 60032, Divergence::ReverseKL, 0.5f, 1.0f, true, true, true},
+        Case{3, 60000, 60000, 60001, Divergence::ForwardKL, 0.5f, 2.0f, true, false, true},
+        Case{256, 50257, 50304, 50304, Divergence::ForwardKL, 0.5f, 2.0f, true, true, true}),
     [](const auto& info) { return name_of(info.param); });
 
 TEST(GpuKdLossDeterminism, SameSumsEveryRun) {
@@ -217,7 +243,7 @@ TEST(GpuKdLossDeterminism, SameSumsEveryRun) {
   std::vector<LossSums> runs;
   for (int r = 0; r < 3; ++r) {
     DeviceBuffer<LossSums> d_sums(std::vector<LossSums>{LossSums{}});
-    kd::cuda::kd_loss(nullptr, d_sums.get(), d_z.get(), d_t.get(), V, d_targets.get(), N, V, cfg,
+    kd::cuda::kd_loss(nullptr, d_sums.get(), d_z.get(), V, d_t.get(), V, d_targets.get(), N, V, cfg,
                       1.0f, 0);
     runs.push_back(d_sums.download()[0]);
   }

@@ -24,6 +24,7 @@
 #include "engine/train/cuda_backend.h"
 #include "engine/train/device.h"
 #include "model/gpt2.h"
+#include "model/gpt2_cuda.h"
 #include "tests/gpu/gpu_test_util.h"  // KD_REQUIRE_GPU (host-compilable)
 
 namespace {
@@ -188,22 +189,24 @@ LossConfig kd_config() {
   return c;
 }
 
-TEST(GpuModel, ForwardLogitsMatchCpu) {
+// The training forward up to ln_f (the logits are the chunked head's, tested below and in
+// test_gpu_lm_head_kd_loss).
+TEST(GpuModel, ForwardHiddenMatchesCpu) {
   KD_REQUIRE_GPU();
-  GPT2 student = random_model(student_config(), 11, 20.0f);  // larger logits: a sharper test
+  GPT2 student = random_model(student_config(), 11, 20.0f);
   const Batch b = random_batch(student.config().vocab_size, kB * kT, 5);
-  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
-  const std::vector<float> gpu = tr.student_logits(b.inputs.data(), kB, kT);
-  student.forward(b.inputs.data(), kB, kT);
-  const size_t n = static_cast<size_t>(kB) * kT * student.config().vocab_size;
+  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, {kB, kT, 1});
+  const std::vector<float> gpu = tr.student_hidden(b.inputs.data(), kB, kT);
+  student.forward_hidden(b.inputs.data(), kB, kT);
+  const size_t n = static_cast<size_t>(kB) * kT * student.config().n_embd;
   ASSERT_EQ(gpu.size(), n);
-  const double err = rel_err(gpu.data(), student.logits(), n);
-  EXPECT_LE(err, 2e-2) << "logits rel err " << err;
+  const double err = rel_err(gpu.data(), student.hidden(), n);
+  EXPECT_LE(err, 2e-2) << "ln_f output rel err " << err;
   // A shorter sequence and a smaller batch than planned use the same buffers.
-  const std::vector<float> gpu2 = tr.student_logits(b.inputs.data(), 1, 17);
-  student.forward(b.inputs.data(), 1, 17);
-  const double err2 = rel_err(gpu2.data(), student.logits(), gpu2.size());
-  EXPECT_LE(err2, 2e-2) << "logits (B=1, T=17) rel err " << err2;
+  const std::vector<float> gpu2 = tr.student_hidden(b.inputs.data(), 1, 17);
+  student.forward_hidden(b.inputs.data(), 1, 17);
+  const double err2 = rel_err(gpu2.data(), student.hidden(), gpu2.size());
+  EXPECT_LE(err2, 2e-2) << "ln_f output (B=1, T=17) rel err " << err2;
 }
 
 TEST(GpuModel, KdStepMatchesCpu) {
@@ -213,7 +216,7 @@ TEST(GpuModel, KdStepMatchesCpu) {
   const LossConfig cfg = kd_config();
   const Batch b = random_batch(student.config().vocab_size, kA * kB * kT, 23);
 
-  CudaBackend tr(student, &teacher, cfg, AdamWConfig{}, kB, kT, kA);
+  CudaBackend tr(student, &teacher, cfg, AdamWConfig{}, {kB, kT, kA});
   const StepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
   const std::vector<float> ggrad = tr.gradients();
   const CpuStep c = cpu_step(student, &teacher, cfg, b, kB, kT, kA);
@@ -249,12 +252,177 @@ TEST(GpuModel, KdStepMatchesCpu) {
   std::printf("whole-gradient rel err %.3g; worst tensor %s\n", all, worst.str().c_str());
 }
 
+// The chunked LM head in the step: for every divergence, chunk sizes that do not divide the
+// micro-batch's 128 rows (7, 50) and one chunk (the unchunked head), two micro-batches, masked
+// targets and the padded teacher vocabulary. Each chunked step matches the single-chunk step to
+// rounding (the loss to fp32, the gradient to bf16 rounding of d(ln_f output)) and the CPU's
+// unchunked step (forward, kd_loss over full logits, backward) to bf16 accuracy.
+struct ChunkCase {
+  kd::Divergence div;
+  float temperature;
+  bool teacher;
+};
+
+class GpuChunkedStep : public ::testing::TestWithParam<ChunkCase> {};
+
+TEST_P(GpuChunkedStep, MatchesUnchunkedAndCpu) {
+  KD_REQUIRE_GPU();
+  const ChunkCase& k = GetParam();
+  GPT2 student = random_model(student_config(), 24, 10.0f);
+  GPT2 teacher = random_model(teacher_config(), 25, 30.0f);
+  const GPT2* t = k.teacher ? &teacher : nullptr;
+  LossConfig cfg = kd_config();
+  cfg.divergence = k.div;
+  cfg.temperature = k.temperature;
+  const Batch b = random_batch(student.config().vocab_size, kA * kB * kT, 26);
+  const CpuStep c = cpu_step(student, t, cfg, b, kB, kT, kA);
+
+  StepResult one;
+  std::vector<float> one_grad;
+  for (int chunk : {kB * kT, 7, 50}) {
+    SCOPED_TRACE("loss_chunk = " + std::to_string(chunk));
+    CudaBackend tr(student, t, cfg, AdamWConfig{}, {kB, kT, kA, chunk});
+    ASSERT_EQ(tr.loss_chunk_rows(), chunk);
+    const StepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
+    const std::vector<float> grad = tr.gradients();
+    ASSERT_TRUE(g.finite);
+    EXPECT_EQ(g.sums.rows, c.sums.rows);
+    EXPECT_TRUE(close_scalar(g.loss, c.loss, 1e-2, "loss vs cpu"));
+    EXPECT_TRUE(close_scalar(g.sums.ce, c.sums.ce, 1e-2, "ce sum vs cpu"));
+    if (k.teacher) EXPECT_TRUE(close_scalar(g.sums.kd, c.sums.kd, 3e-2, "kd sum vs cpu"));
+    EXPECT_TRUE(close_scalar(g.grad_norm, c.norm, 3e-2, "grad norm vs cpu"));
+    EXPECT_LE(rel_err(grad.data(), student.grads.data(), grad.size()), 2e-2) << "gradient vs cpu";
+    if (chunk == kB * kT) {
+      one = g;
+      one_grad = grad;
+      continue;
+    }
+    EXPECT_TRUE(close_scalar(g.loss, one.loss, 1e-6, "loss vs one chunk"));
+    EXPECT_TRUE(close_scalar(g.sums.kd, one.sums.kd, 1e-6, "kd vs one chunk"));
+    EXPECT_TRUE(close_scalar(g.grad_norm, one.grad_norm, 1e-5, "norm vs one chunk"));
+    // d(ln_f output) is bf16: a product whose fp32 result lands on a rounding boundary can round
+    // the other way when cuBLASLt blocks a chunk differently, and the backward carries that
+    // through (measured about 3e-4; a dropped or doubled chunk is off by more than 1e-1).
+    EXPECT_LE(rel_err(grad.data(), one_grad.data(), grad.size()), 1e-3) << "gradient vs one chunk";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Divergences, GpuChunkedStep,
+                         ::testing::Values(ChunkCase{kd::Divergence::ForwardKL, 2.0f, true},
+                                           ChunkCase{kd::Divergence::ReverseKL, 0.5f, true},
+                                           ChunkCase{kd::Divergence::JSD, 4.0f, true},
+                                           ChunkCase{kd::Divergence::ForwardKL, 1.0f, false}),
+                         [](const auto& info) {
+                           const ChunkCase& k = info.param;
+                           const char* d = !k.teacher                           ? "CE"
+                                           : k.div == kd::Divergence::ForwardKL ? "FKL"
+                                           : k.div == kd::Divergence::ReverseKL ? "RKL"
+                                                                                : "JSD";
+                           return std::string(d) + "_T" + std::to_string(int(k.temperature * 10));
+                         });
+
+// Gradient accumulation does not change the step: 2 micro-batches of 2 sequences (chunks of 45
+// rows, not dividing 128) give the gradients of one micro-batch of 4 (chunks of 45 over 256 rows).
+TEST(GpuModel, GradAccumulationInvarianceChunked) {
+  KD_REQUIRE_GPU();
+  const GPT2 student = random_model(student_config(), 27, 10.0f);
+  const GPT2 teacher = random_model(teacher_config(), 28, 30.0f);
+  const Batch b = random_batch(student.config().vocab_size, 2 * kB * kT, 29);
+  CudaBackend two(student, &teacher, kd_config(), AdamWConfig{}, {kB, kT, 2, 45});
+  CudaBackend one(student, &teacher, kd_config(), AdamWConfig{}, {2 * kB, kT, 1, 45});
+  const StepResult g2 = two.accumulate(b.inputs.data(), b.targets.data());
+  const StepResult g1 = one.accumulate(b.inputs.data(), b.targets.data());
+  EXPECT_EQ(g2.sums.rows, g1.sums.rows);
+  EXPECT_TRUE(close_scalar(g2.loss, g1.loss, 1e-6, "loss"));
+  EXPECT_TRUE(close_scalar(g2.grad_norm, g1.grad_norm, 1e-4, "norm"));
+  const std::vector<float> a = two.gradients(), c = one.gradients();
+  EXPECT_LE(rel_err(a.data(), c.data(), a.size()), 1e-3) << "gradients";
+}
+
+// The memory plan is what the backend allocates, and its loss workspace is one chunk of both
+// models' bf16 logits, not a micro-batch's: kdengine check's plan (cuda_memory_plan, no GPU
+// needed) equals the backend's, and both equal the device bytes.
+TEST(GpuModel, MemoryPlanHoldsOneChunkOfLogits) {
+  KD_REQUIRE_GPU();
+  const GPT2 student = random_model(student_config(), 95);
+  const GPT2 teacher = random_model(teacher_config(), 96);
+  // The logits' rows on the device: the vocabularies padded to multiples of 64 (301 -> 320).
+  const int V = kd::GPT2Cuda::device_config(student_config()).vocab_size;
+  const int Vt = kd::GPT2Cuda::device_config(teacher_config()).vocab_size;
+  for (int chunk : {7, 0}) {
+    SCOPED_TRACE("loss_chunk = " + std::to_string(chunk));
+    const kd::StepShape shape{kB, kT, kA, chunk};
+    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, shape);
+    const kd::MemoryPlan p = tr.memory_plan();
+    const GPT2Config tc = teacher_config();
+    const kd::MemoryPlan q = kd::cuda_memory_plan(student_config(), &tc, shape);
+    EXPECT_EQ(p.total(), q.total());
+    EXPECT_EQ(p.loss_workspace, q.loss_workspace);
+    EXPECT_EQ(tr.device_bytes(), p.total());
+    // kdengine check prints this plan for device = "cuda", the CPU's for "cpu".
+    EXPECT_EQ(kd::memory_plan_for(kd::Device::Cuda, student_config(), &tc, shape).total(),
+              p.total());
+    EXPECT_EQ(kd::memory_plan_for(kd::Device::Cpu, student_config(), &tc, shape).total(),
+              kd::cpu_memory_plan(student_config(), &tc, shape).total());
+    const int rows = chunk > 0 ? chunk : kB * kT;  // automatic: the 128 rows fit one chunk
+    EXPECT_EQ(tr.loss_chunk_rows(), rows);
+    const size_t logits = size_t(rows) * (V + Vt) * 2;
+    EXPECT_GE(p.loss_workspace, logits);
+    EXPECT_LE(p.loss_workspace, logits + 2048) << "the workspace is the chunk's logits + readback";
+    // No [B,T,V] logits among the activations either: the training activations of a student
+    // are the same with any vocabulary.
+    GPT2Config big = student_config();
+    big.vocab_size = 5000;
+    EXPECT_EQ(
+        kd::GPT2Cuda::plan(big, kB, kT, kd::GPT2Cuda::Role::Student).activations,
+        kd::GPT2Cuda::plan(student_config(), kB, kT, kd::GPT2Cuda::Role::Student).activations);
+  }
+}
+
+// The vocabulary padding (301 -> 320 rows of wte on the device; the teacher's 320 stays 320):
+// after several steps with weight decay, with and without stochastic rounding, the padding rows of
+// the master weights, gradients, moments and bf16 weights are exactly zero, and what leaves the
+// device (save_state) has the CPU model's 301 rows.
+TEST(GpuModel, VocabPaddingStaysZeroThroughAdamW) {
+  KD_REQUIRE_GPU();
+  const GPT2 student = random_model(student_config(), 97, 10.0f);
+  const GPT2 teacher = random_model(teacher_config(), 98, 30.0f);
+  const int V = student_config().vocab_size, C = student_config().n_embd;
+  const int Vp = kd::GPT2Cuda::device_config(student_config()).vocab_size;
+  ASSERT_EQ(Vp, 320);
+  AdamWConfig opt;
+  opt.weight_decay = 0.1f;
+  for (bool stochastic : {false, true}) {
+    SCOPED_TRACE(stochastic ? "stochastic rounding" : "nearest rounding");
+    CudaBackend tr(student, &teacher, kd_config(), opt, {kB, kT, kA, 50}, stochastic, 5);
+    const std::vector<float> pad0 = tr.vocab_padding();
+    ASSERT_EQ(pad0.size(), size_t(5) * (Vp - V) * C);
+    for (int t = 1; t <= 4; ++t) {
+      const Batch b = random_batch(V, kA * kB * kT, 300 + t);
+      ASSERT_TRUE(tr.step(b.inputs.data(), b.targets.data(), 1e-2f, 1.0f, t).finite);
+    }
+    const std::vector<float> pad = tr.vocab_padding();
+    size_t nonzero = 0;
+    for (float x : pad) nonzero += x != 0.0f;
+    EXPECT_EQ(nonzero, 0u) << "non-zero values in the padding rows after 4 steps";
+    GPT2 back(student_config());
+    std::vector<float> m, v;
+    tr.save_state(back, m, v);
+    EXPECT_EQ(back.params.size(), student.params.size());
+    EXPECT_EQ(m.size(), student.params.size());
+    EXPECT_NE(back.params, student.params) << "the steps moved the weights";
+    // The real rows of wte moved and hold what the device holds.
+    const size_t wte = back.info("wte.weight").offset;
+    EXPECT_NE(back.params[wte + size_t(V - 1) * C], student.params[wte + size_t(V - 1) * C]);
+  }
+}
+
 // Plain CE (no teacher) with a single micro-batch: the pretraining path.
 TEST(GpuModel, CeStepMatchesCpu) {
   KD_REQUIRE_GPU();
   GPT2 student = random_model(student_config(), 31, 10.0f);
   const Batch b = random_batch(student.config().vocab_size, 2 * kB * kT, 33);
-  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, 2 * kB, kT, 1);
+  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, {2 * kB, kT, 1});
   const StepResult g = tr.accumulate(b.inputs.data(), b.targets.data());
   const std::vector<float> ggrad = tr.gradients();
   const CpuStep c = cpu_step(student, nullptr, LossConfig{}, b, 2 * kB, kT, 1);
@@ -274,7 +442,7 @@ TEST(GpuModel, StepAppliesAdamWLikeCpu) {
   const Batch b = random_batch(student.config().vocab_size, kA * kB * kT, 43);
   AdamWConfig opt;
   opt.weight_decay = 0.1f;
-  CudaBackend tr(student, &teacher, kd_config(), opt, kB, kT, kA);
+  CudaBackend tr(student, &teacher, kd_config(), opt, {kB, kT, kA});
   const StepResult pre = tr.accumulate(b.inputs.data(), b.targets.data());
   const std::vector<float> grads = tr.gradients();
   std::vector<float> master = tr.master_weights();
@@ -317,7 +485,8 @@ TEST(GpuModel, EvalSumsMatchCpu) {
   GPT2 student = random_model(student_config(), 51, 10.0f);
   GPT2 teacher = random_model(teacher_config(), 52, 30.0f);
   const Batch b = random_batch(student.config().vocab_size, kB * kT, 53);
-  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  // Chunks of 7 rows (not dividing 128): evaluation takes the step's chunked head.
+  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, {kB, kT, kA, 7});
   const LossSums g = tr.eval_student(b.inputs.data(), b.targets.data(), kB, kT, 2.0f);
   const LossSums gt = tr.eval_teacher(b.inputs.data(), b.targets.data(), kB, kT);
 
@@ -346,7 +515,7 @@ TEST(GpuModel, FiftyKdStepsLowerTheLoss) {
   GPT2 teacher = random_model(teacher_config(), 62);
   {
     AdamWConfig opt;
-    CudaBackend pre(teacher, nullptr, LossConfig{}, opt, 4, kT, 1);
+    CudaBackend pre(teacher, nullptr, LossConfig{}, opt, {4, kT, 1});
     double first = 0, last = 0;
     for (int t = 1; t <= 150; ++t) {
       const Batch b = rule_batch(V, 4, kT, rng);
@@ -360,7 +529,7 @@ TEST(GpuModel, FiftyKdStepsLowerTheLoss) {
     pre.save_state(teacher, m, v);
   }
   GPT2 student = random_model(student_config(), 63);
-  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, {kB, kT, kA});
   const Batch held = rule_batch(V, kB, kT, rng);
   const double ce0 = tr.eval_student(held.inputs.data(), held.targets.data(), kB, kT, 1.0f).ce;
   std::vector<double> losses;
@@ -402,11 +571,11 @@ TEST(GpuModel, SameSeedIsBitwiseIdentical) {
   const GPT2 teacher = random_model(teacher_config(), 72, 30.0f);
   RunLog a, b;
   {
-    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, {kB, kT, kA});
     a = kd_run(8, tr, 700);
   }
   {
-    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+    CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, {kB, kT, kA});
     b = kd_run(8, tr, 700);
   }
   ASSERT_EQ(a.loss.size(), b.loss.size());
@@ -424,7 +593,7 @@ TEST(GpuModel, CheckpointRoundTripResumesBitwise) {
   KD_REQUIRE_GPU();
   const GPT2 student = random_model(student_config(), 81, 10.0f);
   const GPT2 teacher = random_model(teacher_config(), 82, 30.0f);
-  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  CudaBackend tr(student, &teacher, kd_config(), AdamWConfig{}, {kB, kT, kA});
   kd_run(3, tr, 800);
   GPT2 saved(student.config());
   std::vector<float> m, v;
@@ -432,7 +601,7 @@ TEST(GpuModel, CheckpointRoundTripResumesBitwise) {
   const RunLog cont = kd_run(3, tr, 900, 4);
 
   GPT2 other = random_model(student_config(), 99);  // different weights, overwritten by copy_from
-  CudaBackend resumed(other, &teacher, kd_config(), AdamWConfig{}, kB, kT, kA);
+  CudaBackend resumed(other, &teacher, kd_config(), AdamWConfig{}, {kB, kT, kA});
   resumed.load_state(saved, m, v);
   const RunLog res = kd_run(3, resumed, 900, 4);
   EXPECT_EQ(cont.loss, res.loss);
@@ -445,10 +614,10 @@ TEST(GpuModel, RejectsBrokenPreconditions) {
   KD_REQUIRE_GPU();
   GPT2Config bad = student_config();
   bad.n_head = 4;  // head size 32: not supported by the attention kernel
-  EXPECT_THROW(CudaBackend(GPT2(bad), nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1),
+  EXPECT_THROW((CudaBackend(GPT2(bad), nullptr, LossConfig{}, AdamWConfig{}, {kB, kT, 1})),
                kd::ContractError);
   const GPT2 student = random_model(student_config(), 91);
-  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, kB, kT, 1);
+  CudaBackend tr(student, nullptr, LossConfig{}, AdamWConfig{}, {kB, kT, 1});
   Batch b = random_batch(student_config().vocab_size, kB * kT, 92);
   b.inputs[5] = student_config().vocab_size;  // out of the vocabulary
   EXPECT_THROW(tr.step(b.inputs.data(), b.targets.data(), 1e-3f, 1.0f, 1), kd::ContractError);

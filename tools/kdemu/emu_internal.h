@@ -9,6 +9,10 @@
 namespace emu {
 
 void set_last_error(cudaError_t e);
+// Emulated devices: KDEMU_DEVICES of them (default 1); the one cudaSetDevice chose.
+int device_count();
+int current_device();
+void set_current_device(int d);
 void count_launch();
 bool is_shared(const void* p, size_t bytes);
 void set_max_dynamic_smem(const void* kernel, int bytes);

@@ -47,7 +47,22 @@ add_library(kdcuda_emu STATIC ${KD_EMU_CUDA_GEN})
 target_link_libraries(kdcuda_emu PUBLIC kd_base kdemu)
 target_compile_options(kdcuda_emu PRIVATE ${KD_EMU_FLAGS} ${KD_WARNINGS})
 
-# The model and train layers, as built with the CUDA backend, over the emulated kernels and runtime.
-kd_upper_layers(_emu kdcuda_emu)
+# The model and train layers, as built with the CUDA backend, over the emulated kernels and runtime,
+# and (with NCCL: CUDA, MPI and NCCL's header found) over the emulated NCCL: nccl.cpp, NCCL's
+# collectives carried by MPI between the ranks' host-resident "device" buffers.
+if(KD_HAVE_NCCL)
+  add_library(kdemu_nccl STATIC ${KD_EMU_DIR}/nccl.cpp)
+  target_include_directories(kdemu_nccl PRIVATE ${KD_NCCL_INCLUDE})
+  target_link_libraries(kdemu_nccl PUBLIC kdemu MPI::MPI_CXX)
+  target_compile_options(kdemu_nccl PRIVATE ${KD_WARNINGS})
+  kd_upper_layers(_emu kdcuda_emu kdemu_nccl)
+else()
+  kd_upper_layers(_emu kdcuda_emu)
+endif()
 add_library(kdcore_emu INTERFACE)
 target_link_libraries(kdcore_emu INTERFACE kd_train_emu)
+# kdengine over the emulator: the command line the emulated multi-rank tests launch under mpirun.
+add_executable(kdengine_emu ${CMAKE_SOURCE_DIR}/engine/cli/main.cpp)
+target_include_directories(kdengine_emu PRIVATE ${CMAKE_BINARY_DIR}/generated)
+target_link_libraries(kdengine_emu PRIVATE kd_train_emu)
+target_compile_options(kdengine_emu PRIVATE ${KD_WARNINGS})

@@ -93,6 +93,24 @@ cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
 
 }  // namespace
 
+int device_count() {
+  static const int n = [] {
+    const char* s = std::getenv("KDEMU_DEVICES");
+    return s != nullptr && std::atoi(s) > 0 ? std::atoi(s) : 1;
+  }();
+  return n;
+}
+
+namespace {
+int g_device = 0;
+}
+int current_device() {
+  return g_device;
+}
+void set_current_device(int d) {
+  g_device = d;
+}
+
 void set_last_error(cudaError_t e) {
   rt().last = e;
 }
@@ -122,19 +140,25 @@ using emu::fail;
 
 extern "C" {
 
+// KDEMU_DEVICES (default 1) emulated devices, all the same host memory; cudaSetDevice only
+// records the choice (the emulated NCCL reads it to refuse two ranks on one device, as NCCL does).
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = emu::device_count();
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = emu::current_device();
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+  if (device < 0 || device >= emu::device_count())
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+  emu::set_current_device(device);
+  return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such device");
+  if (device < 0 || device >= emu::device_count())
+    return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such device");
   std::memset(p, 0, sizeof(*p));
   std::snprintf(p->name, sizeof(p->name), "kdemu (CPU emulation, sm_90 limits)");
   p->totalGlobalMem = emu::kTotalMemory;
@@ -156,6 +180,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   p->l2CacheSize = 50 << 20;
   p->maxThreadsPerMultiProcessor = 2048;
   p->memoryBusWidth = 5120;
+  p->pciBusID = device + 1;  // one PCI address per emulated device
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {

@@ -39,7 +39,7 @@ TEST(EmulatedStep, NoAllocationAndOneHostSyncPerStep) {
     targets[i] = i % 11 == 0 ? -1 : tok(rng);
   }
 
-  kd::CudaBackend tr(student, &teacher, loss, kd::AdamWConfig{}, kB, kT, kA);
+  kd::CudaBackend tr(student, &teacher, loss, kd::AdamWConfig{}, {kB, kT, kA});
   ASSERT_TRUE(tr.step(inputs.data(), targets.data(), 1e-3f, 1.0f, 1).finite);
   const emu::RuntimeCounts before = emu::runtime_counts();
   for (int t = 2; t < 2 + kSteps; ++t)
