@@ -234,7 +234,7 @@ void GPT2::backward(const float* dlogits) {
   backward_hidden(dlnf.data());
 }
 
-void GPT2::backward_hidden(const float* dhidden) {
+void GPT2::backward_hidden(const float* dhidden, const LayerDone& layer_done) {
   KD_REQUIRE(grads.size() == params.size(), "GPT2::backward: call enable_training() first");
   KD_REQUIRE(B_ != 0, "GPT2::backward: call forward() first");
   const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head;
@@ -296,6 +296,7 @@ void GPT2::backward_hidden(const float* dhidden) {
     cpu::matmul_backward(dC.data(), g.qkvw, g.qkvb, dqkv, ln1, w.qkvw, N, C, 3 * C, Layout::InOut);
     cpu::layernorm_backward(dresidual.data(), g.ln1w, g.ln1b, dC.data(), residual, w.ln1w,
                             a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, N, C);
+    if (layer_done) layer_done(l);
   }
   cpu::encoder_backward(grad("wte.weight"), grad("wpe.weight"), dresidual.data(), tokens_.data(), B,
                         T, C);

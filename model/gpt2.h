@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -127,7 +128,12 @@ class GPT2 {
   // must already be in grads (lm_head_kd_loss adds it).
   void forward_hidden(const int32_t* tokens, int B, int T);
   const float* hidden() const { return acts_.lnf.data(); }
-  void backward_hidden(const float* dhidden);
+  // layer_done(l), when given, runs right after layer l's backward (l counts down from n_layer -
+  // 1): from then on this backward adds nothing more to the gradients of h.l.* (nor, after the last
+  // layer, to ln_f.*); wte's and wpe's are final only when backward_hidden returns. Data
+  // parallelism starts the reduction of each finished layer's gradients there.
+  using LayerDone = std::function<void(int layer)>;
+  void backward_hidden(const float* dhidden, const LayerDone& layer_done = nullptr);
 
   // Teacher forward: no activations kept for backward; scratch of one layer of one sequence (the
   // batch runs sequence by sequence). Writes logits [B,T,V] into out.

@@ -14,9 +14,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/ops/cpu/ops.h"
@@ -413,8 +415,23 @@ TEST(FastOpsDeterminism, ModelStepIsBitwiseRepeatable) {
 
 TEST(Threads, ResolveAndSet) {
   EXPECT_GE(cpu::available_cores(), 1);
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  const std::string saved_env = env ? env : "";
+  ::unsetenv("OMP_NUM_THREADS");
   EXPECT_EQ(cpu::resolve_threads(0), cpu::available_cores());
   EXPECT_EQ(cpu::resolve_threads(3), 3);
+  // threads = 0 honours OMP_NUM_THREADS (its first entry), and ignores a value that is no count
+  const std::pair<const char*, int> cases[] = {
+      {"5", 5}, {"7,2", 7}, {"0", cpu::available_cores()}, {"many", cpu::available_cores()}};
+  for (const auto& [value, want] : cases) {
+    ::setenv("OMP_NUM_THREADS", value, 1);
+    EXPECT_EQ(cpu::resolve_threads(0), want) << "OMP_NUM_THREADS=" << value;
+    EXPECT_EQ(cpu::resolve_threads(3), 3) << "a recipe's count wins";
+  }
+  if (env)
+    ::setenv("OMP_NUM_THREADS", saved_env.c_str(), 1);
+  else
+    ::unsetenv("OMP_NUM_THREADS");
   const int saved = omp_get_max_threads();
   EXPECT_EQ(cpu::set_threads(3), 3);
   EXPECT_EQ(omp_get_max_threads(), 3);

@@ -75,10 +75,16 @@ const char* kSampleHelp =
 
 volatile std::sig_atomic_t g_interrupts = 0;
 
+// SIGINT (Ctrl-C) and SIGTERM (what mpirun sends every rank after a Ctrl-C, and what Slurm sends
+// before its SIGKILL) both end training gracefully: the current step finishes and a checkpoint is
+// written. A second one stops at once.
 void on_sigint(int) {
   g_interrupts = g_interrupts + 1;
   kd::interrupt_flag().store(true);
-  if (g_interrupts >= 2) std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once
+  if (g_interrupts >= 2) {
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+  }
 }
 
 bool has_help(const std::vector<std::string>& args) {
@@ -156,6 +162,7 @@ int run(const std::string& cmd, const std::vector<std::string>& args) {
     parse_recipe_args(args, path, sets);
     kd::Recipe r = kd::load_recipe(path, sets);
     std::signal(SIGINT, on_sigint);
+    std::signal(SIGTERM, on_sigint);
     kd::TrainSummary s = kd::train(r, std::cout);
     return s.interrupted ? kInterrupted : kOk;
   }

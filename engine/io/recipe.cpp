@@ -578,8 +578,9 @@ const std::vector<Key>& keys() {
             "a fresh run may delete the previous run in `out_dir` (see [One run per "
             "out_dir](#one-run-per-out_dir)); `--overwrite` sets it"),
         key(KD_KEY(run, threads), 0, within("[]", 0, 1024),
-            "CPU threads for the ops (OpenMP); `0`: the cores this process may run on (its CPU "
-            "affinity, which `taskset` and container limits narrow). Applied when training "
+            "CPU threads for the ops (OpenMP); `0`: `OMP_NUM_THREADS` when it is set, else the "
+            "cores this process may run on (its CPU affinity, which `taskset` and container "
+            "limits narrow). Applied when training "
             "starts. Results are the same bits run after run for the same recipe and the same "
             "thread count; another thread count may change the last bits of matrix products"),
 
@@ -689,6 +690,15 @@ const std::vector<Key>& keys() {
         key(KD_KEY(profile, wait), 2, at_least(0), "steps before the window"),
         key(KD_KEY(profile, warmup), 1, at_least(0), "steps recorded and thrown away"),
         key(KD_KEY(profile, active), 3, at_least(0), "steps recorded"),
+
+        key(KD_KEY(distributed, shard_optimizer), true, {},
+            "with several ranks, each keeps only its share of the AdamW moments (ZeRO-1: "
+            "reduce-scatter the gradients, update a slice, all-gather the parameters); `false`: "
+            "every rank holds and updates everything. No effect on one rank"),
+        key(KD_KEY(distributed, timeout_s), 300.0, above(0),
+            "seconds a rank waits in a collective for the others before it stops the job with an "
+            "error naming the rank that did not arrive; must exceed the longest time one rank "
+            "works alone (rank 0 writing a checkpoint)"),
     };
     // A section's keys must stay together (the writer opens each section once), names unique.
     for (size_t i = 0; i < t.size(); ++i)

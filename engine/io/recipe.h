@@ -123,6 +123,12 @@ struct Recipe {
     bool operator==(const Profile&) const = default;
   };
 
+  struct Distributed {
+    bool shard_optimizer{};
+    double timeout_s{};
+    bool operator==(const Distributed&) const = default;
+  };
+
   Run run;
   Data data;
   Student student;
@@ -134,6 +140,7 @@ struct Recipe {
   Checkpoint checkpoint;
   Log log;
   Profile profile;
+  Distributed distributed;
 
   bool has_teacher() const { return !teacher.checkpoint.empty(); }
   bool operator==(const Recipe&) const = default;

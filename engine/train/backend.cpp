@@ -1,6 +1,7 @@
 // The backend factory and what every backend shares.
 #include "engine/train/backend.h"
 
+#include <algorithm>
 #include <ostream>
 #include <string>
 
@@ -14,6 +15,21 @@ namespace kd {
 std::unique_ptr<Backend> make_cpu_backend(GPT2& student, const GPT2* teacher,
                                           const LossConfig& loss, const AdamWConfig& adamw,
                                           const StepShape& shape);  // cpu_backend.cpp
+
+size_t shard_floats(size_t n, int ranks) {
+  KD_REQUIRE(ranks >= 1, "shard_floats: ranks must be >= 1");
+  const size_t per = (n + size_t(ranks) - 1) / size_t(ranks);
+  return (per + 15) / 16 * 16;
+}
+
+ShardRange shard_range(size_t n, int ranks, int rank) {
+  KD_REQUIRE(rank >= 0 && rank < ranks, "shard_range: rank outside [0, ranks)");
+  const size_t shard = shard_floats(n, ranks);
+  ShardRange r;
+  r.begin = std::min(n, size_t(rank) * shard);
+  r.end = std::min(n, r.begin + shard);
+  return r;
+}
 
 void Backend::report_memory() const {
   const MemoryPlan p = memory_plan();

@@ -68,16 +68,77 @@ struct StepShape {
   int loss_chunk = 0;  // rows per chunk of the fused LM head + loss (both backends); 0: automatic
 };
 
-// Data parallelism (engine/train/comm.h): how one rank's step joins the other ranks'. A backend
-// with a reducer sums the supervised rows before it scales dlogits (so the loss is normalised by
-// the tokens of the whole global step), sums the gradients after the last backward and before the
-// norm and the update, and sums the loss sums; every rank then applies the same update.
+// ---- Data parallelism (docs/distributed.md)
+//
+// ZeRO-1's shard rule, the one every backend uses: a buffer of n floats split over `ranks` gives
+// each rank shard_floats(n, ranks) = ceil(n / ranks) rounded up to a multiple of 16 floats (64
+// bytes, so every slice starts aligned for vector loads and for NCCL), and rank r owns
+// [r * shard, min(n, (r + 1) * shard)) (empty for a trailing rank when n is small). Collective
+// buffers that need equal pieces (NCCL's reduce-scatter and all-gather) hold ranks * shard floats,
+// the tail beyond n zero.
+size_t shard_floats(size_t n, int ranks);
+struct ShardRange {
+  size_t begin = 0, end = 0;  // [begin, end), end >= begin
+  size_t size() const { return end - begin; }
+};
+ShardRange shard_range(size_t n, int ranks, int rank);
+
+// How one rank's step joins the other ranks' (the MPI one is engine/train/comm.h's MpiStepReducer;
+// a GPU backend implements the same contract with NCCL on its stream). Every rank makes the same
+// calls in the same order; a call made by one rank and not by another is a hang.
+//
+// Host values, blocking: sum_rows and sum_losses return the sums over all ranks.
+//
+// Backend memory (host memory on the CPU, device memory on a GPU), asynchronous: sum_grads,
+// sum_doubles, reduce_scatter and all_gather may return before the data is there. They complete
+// in the order they were made (NCCL: one stream); after finish(), the work the backend queues
+// next sees every result (MPI: the host waited for the requests; NCCL: the compute stream waits
+// on an event of the communication stream, no host sync needed). Between a call and finish()
+// its buffer range must be neither read nor written by the caller; later calls on disjoint
+// ranges are fine (that is what bucketing does). A rank that never arrives must not hang the
+// others forever (MPI: finish() throws comm::RankLost after [distributed] timeout_s).
+//
+//   sum_grads(data, n)            all-reduce sum of n floats, in place
+//   sum_doubles(data, n)          the same for doubles (e.g. each rank's part of the squared norm)
+//   reduce_scatter(data, shard, begin, end)
+//                                 sums data[begin, end) over the ranks; afterwards rank r holds
+//                                 the sum in data[max(begin, r*shard), min(end, (r+1)*shard)) (its
+//                                 part of the range, in place); the rest of [begin, end) is
+//                                 unspecified. end <= size() * shard. The whole buffer is begin =
+//                                 0, end = size() * shard (ncclReduceScatter in place); a bucket
+//                                 is any sub-range (NCCL: one ncclReduce per rank it touches).
+//   all_gather(data, shard_bytes, total_bytes)
+//                                 rank r's bytes [r*shard_bytes, min(total, (r+1)*shard_bytes))
+//                                 to every rank, in place; total_bytes <= size() * shard_bytes
+//                                 (= for ncclAllGather in place).
+//
+// shard_optimizer: ZeRO-1 (recipe [distributed] shard_optimizer). Each rank keeps only its
+// shard_range(P, size(), rank()) of the AdamW state: it reduce-scatters the gradients, adds its
+// slice's squared norm into the global one with sum_doubles, updates its slice of the parameters
+// and all-gathers them. Off: the gradients are all-reduced and every rank updates everything.
 class StepReducer {
  public:
+  explicit StepReducer(bool shard_optimizer) : shard_optimizer_(shard_optimizer) {}
   virtual ~StepReducer() = default;
+  bool shard_optimizer() const { return shard_optimizer_; }
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
   virtual int64_t sum_rows(int64_t local) = 0;
-  virtual void sum_grads(float* grads, size_t n) = 0;
   virtual void sum_losses(LossSums& sums) = 0;
+
+  virtual void sum_grads(float* data, size_t n) = 0;
+  virtual void sum_doubles(double* data, size_t n) = 0;
+  virtual void reduce_scatter(float* data, size_t shard, size_t begin, size_t end) = 0;
+  virtual void all_gather(void* data, size_t shard_bytes, size_t total_bytes) = 0;
+  // Lets started collectives advance; the backward calls it between layers. MPI with one thread
+  // per rank moves data only inside MPI calls; NCCL needs nothing (the default).
+  virtual void progress() {}
+  virtual void finish() = 0;
+
+ private:
+  bool shard_optimizer_;
 };
 
 class Backend {
@@ -94,7 +155,8 @@ class Backend {
                           int t) = 0;
 
   // Makes every later step() data-parallel through `reducer` (not owned; null: one rank). The
-  // default refuses: only the CPU backend implements it so far.
+  // default refuses: only the CPU backend implements it so far. Call it before load_state: with
+  // reducer->shard_optimizer() the backend keeps only its shard of the moments from then on.
   virtual void set_reducer(StepReducer* reducer);
 
   // Held-out sums of one batch of B x T (B, T up to the planned sizes), no gradient: the student's
@@ -105,9 +167,12 @@ class Backend {
   virtual LossSums eval_teacher(const int32_t* inputs, const int32_t* targets, int B, int T) = 0;
 
   // The student's parameters into model.params and the AdamW moments into m and v (resized to the
-  // parameter count), in the parameter table's layout.
+  // parameter count), in the parameter table's layout. With a sharded optimizer only this rank's
+  // shard_range(P, ranks, rank) of m and v is filled (the rest is zero): the caller gathers the
+  // other ranks' slices (the trainer: comm::sum_to_root).
   virtual void save_state(GPT2& model, std::vector<float>& m, std::vector<float>& v) = 0;
-  // The inverse: resume from a checkpoint's parameters and moments.
+  // The inverse: resume from a checkpoint's parameters and (whole) moments; a sharded backend
+  // keeps its slice.
   virtual void load_state(const GPT2& model, const std::vector<float>& m,
                           const std::vector<float>& v) = 0;
 

@@ -67,12 +67,25 @@ class CpuBackend final : public Backend {
     KD_REQUIRE(Vt_ >= V_, "CpuBackend: the teacher's vocabulary is smaller than the student's");
     if (!teacher) loss_.kd_weight = 0.0f;
     for (const auto& p : student.table()) spans_.push_back({p.offset, p.numel, p.decay});
+    set_reducer(nullptr);  // one rank: the moments of every parameter
     const size_t N = size_t(shape.B) * shape.T;
     chunk_ = loss_chunk_rows(shape, V_, teacher ? Vt_ : 0);
     // Evaluation of the teacher alone reads its own vocabulary (Vt_) through the same workspace.
     workspace_.resize(cpu::lm_head_kd_loss_workspace_floats(chunk_, V_, teacher ? Vt_ : 0));
     hidden_.resize(N * student.config().n_embd);
     if (teacher) teacher_hidden_.resize(N * teacher->config().n_embd);
+    // Buckets of the data-parallel gradient reduction: one per layer. The buffer is laid out wte,
+    // wpe, h.0 ... h.{L-1}, ln_f, and the backward finishes it from the end: after layer l,
+    // [start of h.l, end of what was not yet sent) is final. wte and wpe, which the tied LM head
+    // and the embedding backward both write, go last.
+    unsent_end_ = student.params.size();
+    layer_done_ = [this](int l) {
+      KD_RANGE_P("comm_start", Phase::Comm, l);
+      const size_t begin = student_.layout().layers[size_t(l)].ln1w;
+      reduce_grads(begin, unsent_end_);
+      unsent_end_ = begin;
+      reducer_->progress();  // lets MPI move the buckets already started
+    };
   }
 
   const char* name() const override { return "cpu"; }
@@ -89,6 +102,7 @@ class CpuBackend final : public Backend {
     StepResult r;
     ensure_training_state();
     student_.zero_grad();
+    unsent_end_ = student_.grads.size();
     for (int a = 0; a < A; ++a) {
       const int32_t* in = inputs + a * N;
       if (teacher_) {
@@ -108,27 +122,65 @@ class CpuBackend final : public Backend {
                   targets + a * N, B * T, loss_, inv_norm);
       }
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
-      student_.backward_hidden(hidden_.data());
+      // The last micro-batch's backward finishes layer after layer: each finished layer's
+      // gradients start their reduction while the layers below are still computed.
+      student_.backward_hidden(hidden_.data(), reducer_ && a == A - 1 ? layer_done_ : nullptr);
     }
     if (reducer_) {
-      reducer_->sum_grads(student_.grads.data(), student_.grads.size());
+      {
+        KD_RANGE_P("comm_grads", Phase::Comm, t);
+        reduce_grads(0, unsent_end_);  // the last bucket: wte and wpe, final only now
+        reducer_->finish();            // this rank's part of the summed gradients is in place
+      }
       reducer_->sum_losses(r.sums);
     }
     r.loss = r.sums.loss / double(std::max<int64_t>(1, r.sums.rows));
-    r.grad_norm = cpu::global_norm(student_.grads.data(), student_.grads.size());
+    r.grad_norm = grad_norm();
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
-    if (!r.finite) return r;  // the caller stops; the weights stay as they were
+    if (!r.finite) return r;  // every rank sees it; the caller stops, the weights stay as they were
     KD_RANGE_P("optimizer", Phase::Optimizer, t);
     const float scale =
         (grad_clip > 0 && r.grad_norm > grad_clip) ? float(grad_clip / r.grad_norm) : 1.0f;
     AdamWConfig cfg = adamw_;
     cfg.lr = lr;
-    cpu::adamw_update(student_.params.data(), student_.grads.data(), m_.data(), v_.data(), spans_,
-                      cfg, t, scale);
+    // This rank's slice (all of it without ZeRO-1): the moments hold exactly that slice.
+    const size_t lo = range_.begin;
+    cpu::adamw_update(student_.params.data() + lo, student_.grads.data() + lo, m_.data(), v_.data(),
+                      slice_spans_, cfg, t, scale);
+    if (sharded()) {
+      KD_RANGE_P("comm_params", Phase::Comm, t);
+      reducer_->all_gather(student_.params.data(), shard_ * sizeof(float),
+                           student_.params.size() * sizeof(float));
+      reducer_->finish();
+    }
     return r;
   }
 
-  void set_reducer(StepReducer* reducer) override { reducer_ = reducer; }
+  // ZeRO-1 when the reducer asks for it: from here on this rank holds the moments of its
+  // shard_range only (set before load_state; moments already held are cut to the slice).
+  void set_reducer(StepReducer* reducer) override {
+    reducer_ = reducer;
+    const size_t P = student_.params.size();
+    const ShardRange before = range_;
+    if (sharded()) {
+      shard_ = shard_floats(P, reducer->size());
+      range_ = shard_range(P, reducer->size(), reducer->rank());
+    } else {
+      shard_ = P;
+      range_ = {0, P};
+    }
+    if (!m_.empty() && m_.size() == before.size() && before.size() != range_.size()) {
+      KD_REQUIRE(before.begin == 0, "CpuBackend::set_reducer: already sharded");
+      m_ = std::vector<float>(m_.begin() + range_.begin, m_.begin() + range_.end);
+      v_ = std::vector<float>(v_.begin() + range_.begin, v_.begin() + range_.end);
+    }
+    slice_spans_.clear();
+    for (const ParamSpan& sp : spans_) {
+      const size_t b = std::max(sp.offset, range_.begin),
+                   e = std::min(sp.offset + sp.size, range_.end);
+      if (e > b) slice_spans_.push_back({b - range_.begin, e - b, sp.decay});
+    }
+  }
 
   LossSums eval_student(const int32_t* inputs, const int32_t* targets, int B, int T,
                         float temperature) override {
@@ -158,36 +210,67 @@ class CpuBackend final : public Backend {
     return s;
   }
 
+  // The whole parameter buffer; with ZeRO-1 only this rank's slice of m and v (the trainer gathers
+  // the rest).
   void save_state(GPT2& model, std::vector<float>& m, std::vector<float>& v) override {
     ensure_training_state();
     if (&model != &student_) model.params = student_.params;
-    m = m_;
-    v = v_;
+    m.assign(student_.params.size(), 0.0f);
+    v.assign(student_.params.size(), 0.0f);
+    std::copy(m_.begin(), m_.end(), m.begin() + range_.begin);
+    std::copy(v_.begin(), v_.end(), v.begin() + range_.begin);
   }
 
   void load_state(const GPT2& model, const std::vector<float>& m,
                   const std::vector<float>& v) override {
     ensure_training_state();
-    KD_REQUIRE(model.params.size() == student_.params.size() && m.size() == m_.size() &&
-                   v.size() == v_.size(),
+    KD_REQUIRE(model.params.size() == student_.params.size() &&
+                   m.size() == student_.params.size() && v.size() == student_.params.size(),
                "CpuBackend::load_state: state of another model");
     if (&model != &student_) student_.params = model.params;
-    m_ = m;
-    v_ = v;
+    m_.assign(m.begin() + range_.begin, m.begin() + range_.end);
+    v_.assign(v.begin() + range_.begin, v.begin() + range_.end);
   }
 
   MemoryPlan memory_plan() const override {
-    return cpu_memory_plan(student_.config(), teacher_ ? &teacher_->config() : nullptr, shape_);
+    MemoryPlan p =
+        cpu_memory_plan(student_.config(), teacher_ ? &teacher_->config() : nullptr, shape_);
+    p.moments = 2 * range_.size() * sizeof(float);  // this rank's slice under ZeRO-1
+    return p;
   }
 
  private:
   // Gradients and moments exist once the backend trains (an evaluation-only backend has none).
   void ensure_training_state() {
     if (student_.grads.size() != student_.params.size()) student_.enable_training();
-    if (m_.size() != student_.params.size()) {
-      m_.assign(student_.params.size(), 0.0f);
-      v_.assign(student_.params.size(), 0.0f);
+    if (m_.size() != range_.size()) {
+      m_.assign(range_.size(), 0.0f);
+      v_.assign(range_.size(), 0.0f);
     }
+  }
+
+  bool sharded() const { return reducer_ != nullptr && reducer_->shard_optimizer(); }
+
+  // Starts the reduction of the gradients [begin, end): a reduce-scatter under ZeRO-1 (each rank
+  // gets the sum of its own shard), else an all-reduce.
+  void reduce_grads(size_t begin, size_t end) {
+    if (begin == end) return;
+    if (sharded())
+      reducer_->reduce_scatter(student_.grads.data(), shard_, begin, end);
+    else
+      reducer_->sum_grads(student_.grads.data() + begin, end - begin);
+  }
+
+  // The global L2 norm of the summed gradients. Under ZeRO-1 each rank holds only its shard's sum:
+  // the squares of the shards are added over the ranks.
+  double grad_norm() {
+    if (!sharded()) return cpu::global_norm(student_.grads.data(), student_.grads.size());
+    KD_RANGE_P("comm_norm", Phase::Comm, 0);
+    const double part = cpu::global_norm(student_.grads.data() + range_.begin, range_.size());
+    double sq = part * part;
+    reducer_->sum_doubles(&sq, 1);
+    reducer_->finish();
+    return std::sqrt(sq);
   }
 
   // lm_head_kd_loss over n rows of the student's ln_f output h, with the teacher's ln_f output
@@ -223,6 +306,13 @@ class CpuBackend final : public Backend {
   std::vector<float> m_, v_, workspace_, hidden_, teacher_hidden_;
   std::vector<ParamSpan> spans_;
   StepReducer* reducer_ = nullptr;
+  // Data parallelism: the moments cover range_ of the parameter buffer (all of it unless ZeRO-1
+  // shards it; shard_ floats a rank), and slice_spans_ are spans_ cut to range_, relative to it.
+  size_t shard_ = 0;
+  ShardRange range_;
+  std::vector<ParamSpan> slice_spans_;
+  GPT2::LayerDone layer_done_;  // starts a finished layer's bucket
+  size_t unsent_end_ = 0;       // gradients [unsent_end_, P) have been handed to the reducer
 };
 
 }  // namespace

@@ -39,7 +39,7 @@ std::unique_ptr<StepReducer> make_step_reducer(Backend& backend, bool shard_opti
                        (all[r] ? "cuda" : "cpu") +
                        " one: every rank must use the same device (set run.device to \"cpu\" or "
                        "\"cuda\" instead of \"auto\", or give every node a GPU)");
-  if (!gpu) return std::make_unique<comm::MpiStepReducer>();
+  if (!gpu) return std::make_unique<comm::MpiStepReducer>(shard_optimizer);
   return std::make_unique<nccl::NcclStepReducer>(shard_optimizer);
 }
 
@@ -116,9 +116,7 @@ int select_device() {
 }
 
 size_t zero1_shard(size_t n, int ranks) {
-  KD_REQUIRE(ranks >= 1, "zero1_shard: ranks must be >= 1");
-  const size_t per = (n + size_t(ranks) - 1) / size_t(ranks);
-  return (per + 15) / 16 * 16;
+  return shard_floats(n, ranks);
 }
 
 #ifdef KD_WITH_NCCL
@@ -133,8 +131,9 @@ namespace {
   X(ncclGetUniqueId)                                                                               \
   X(ncclCommInitRank)                                                                              \
   X(ncclCommDestroy)                                                                               \
-  X(ncclCommAbort) X(ncclGetErrorString) X(ncclGetLastError) X(ncclAllReduce) X(ncclReduceScatter) \
-      X(ncclAllGather) X(ncclReduce) X(ncclBroadcast) X(ncclGroupStart) X(ncclGroupEnd)
+  X(ncclCommAbort)                                                                                 \
+  X(ncclGetErrorString) X(ncclGetLastError) X(ncclAllReduce) X(ncclReduceScatter) X(ncclAllGather) \
+      X(ncclReduce) X(ncclBroadcast) X(ncclGroupStart) X(ncclGroupEnd)
 
 struct Api {
 #define KD_NCCL_FIELD(f) decltype(&::f) f = nullptr;
@@ -196,7 +195,7 @@ struct NcclStepReducer::Impl {
 };
 
 NcclStepReducer::NcclStepReducer(bool shard_optimizer)
-    : impl_(std::make_unique<Impl>()), shard_(shard_optimizer) {
+    : StepReducer(shard_optimizer), impl_(std::make_unique<Impl>()) {
   const Api& a = api();
   ncclUniqueId id;
   std::memset(&id, 0, sizeof id);
@@ -224,7 +223,7 @@ void NcclStepReducer::bind_stream(void* stream) {
 // The row count and the loss sums are a few host numbers (the step's one synchronisation has
 // already brought the sums to the host): MPI, with the CPU ranks' `comm` ranges.
 int64_t NcclStepReducer::sum_rows(int64_t local) {
-  return comm::MpiStepReducer().sum_rows(local);
+  return comm::MpiStepReducer(false).sum_rows(local);
 }
 
 int NcclStepReducer::rank() const {
@@ -243,7 +242,7 @@ void NcclStepReducer::sum_grads(float* grads, size_t n) {
 }
 
 void NcclStepReducer::sum_losses(LossSums& sums) {
-  comm::MpiStepReducer().sum_losses(sums);
+  comm::MpiStepReducer(false).sum_losses(sums);
 }
 
 void NcclStepReducer::sum_doubles(double* data, size_t n) {
@@ -317,7 +316,7 @@ int library_version() {
 
 struct NcclStepReducer::Impl {};
 
-NcclStepReducer::NcclStepReducer(bool) {
+NcclStepReducer::NcclStepReducer(bool shard_optimizer) : StepReducer(shard_optimizer) {
   throw InputError(
       "data-parallel training on GPUs needs NCCL, and this kdengine was built without it (it needs "
       "the CUDA backend, MPI and the CUDA toolkit's nccl.h); set run.device = \"cpu\" or run a "

@@ -49,9 +49,7 @@ int library_version();
 // CUDA backend (nothing is changed). Must run before any CUDA allocation: make_backend calls it.
 int select_device();
 
-// ZeRO-1's shard rule: a buffer of n floats over `ranks` gives each rank ceil(n / ranks) rounded up
-// to a multiple of 16 floats (64 bytes: every slice starts aligned), and rank r owns
-// [r * shard, min(n, (r + 1) * shard)).
+// ZeRO-1's shard rule: kd::shard_floats (backend.h), the one rule of every backend.
 size_t zero1_shard(size_t n, int ranks);
 
 // The step's collectives on device memory. Creating one creates the NCCL communicator over all
@@ -71,9 +69,8 @@ class NcclStepReducer final : public StepReducer {
 
   // The backend's cudaStream_t (this header has no CUDA types).
   void bind_stream(void* stream);
-  bool shard_optimizer() const { return shard_; }
-  int rank() const;
-  int size() const;
+  int rank() const override;
+  int size() const override;
 
   int64_t sum_rows(int64_t local) override;         // host value, through MPI
   void sum_grads(float* grads, size_t n) override;  // device pointer, ncclAllReduce in place
@@ -81,23 +78,22 @@ class NcclStepReducer final : public StepReducer {
 
   // Device memory, queued on the bound stream (finish() waits for them on the host):
   // the sum over the ranks of n doubles, in place;
-  void sum_doubles(double* data, size_t n);
+  void sum_doubles(double* data, size_t n) override;
   // the sum over the ranks of data[begin, end) (end <= size() * shard); afterwards rank r holds the
   // sum in data[max(begin, r * shard), min(end, (r + 1) * shard)), in place; the rest of the range
   // is unspecified. The whole padded buffer (begin 0, end size() * shard) is one
   // ncclReduceScatter; any other range one ncclReduce per rank it touches (in one group);
-  void reduce_scatter(float* data, size_t shard, size_t begin, size_t end);
+  void reduce_scatter(float* data, size_t shard, size_t begin, size_t end) override;
   // rank r's bytes [r * shard_bytes, min(total_bytes, (r + 1) * shard_bytes)) to every rank, in
   // place (total_bytes <= size() * shard_bytes): one ncclAllGather when total_bytes equals
   // size() * shard_bytes, else one ncclBroadcast per rank (in one group).
-  void all_gather(void* data, size_t shard_bytes, size_t total_bytes);
+  void all_gather(void* data, size_t shard_bytes, size_t total_bytes) override;
   // Waits until everything queued so far has completed (synchronises the stream).
-  void finish();
+  void finish() override;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  bool shard_ = false;
 };
 
 }  // namespace nccl

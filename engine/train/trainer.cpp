@@ -287,22 +287,38 @@ struct EvalStats {
   int64_t tokens = 0;
 };
 
-EvalStats evaluate(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
-                   int T, int batches, float temperature) {
+// The sums of this rank's share of the evaluation batches: batches rank, rank + ranks, ... (all of
+// them for one rank).
+LossSums evaluate_sums(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
+                       int T, int batches, float temperature, int rank, int ranks) {
   const BatchSampler sampler({}, val, 0);
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
   LossSums sums;
-  for (int i = 0; i < batches; ++i) {
+  for (int i = rank; i < batches; i += ranks) {
     sampler.eval_batch(i, B, T, in.data(), tg.data());
     sums += teacher_only ? backend.eval_teacher(in.data(), tg.data(), B, T)
                          : backend.eval_student(in.data(), tg.data(), B, T, temperature);
   }
+  return sums;
+}
+
+EvalStats eval_stats(const LossSums& sums, bool teacher_only) {
   EvalStats e;
   const double rows = double(std::max<int64_t>(1, sums.rows));
   (teacher_only ? e.teacher_ce : e.student_ce) = sums.ce / rows;
   e.kl = sums.kl / rows;
   e.tokens = sums.rows;
   return e;
+}
+
+// With ranks > 1 (the trainer under MPI) every rank evaluates its share and the sums are added
+// over the ranks: every rank gets the result of evaluating every batch.
+EvalStats evaluate(Backend& backend, bool teacher_only, const std::vector<uint16_t>& val, int B,
+                   int T, int batches, float temperature, int rank = 0, int ranks = 1) {
+  LossSums sums =
+      evaluate_sums(backend, teacher_only, val, B, T, batches, temperature, rank, ranks);
+  if (ranks > 1) comm::allreduce_sum(sums);
+  return eval_stats(sums, teacher_only);
 }
 
 void check_out_dir_writable(const std::string& out_dir) {
@@ -490,8 +506,28 @@ std::ostream& null_stream() {
 
 }  // namespace
 
+namespace {
+TrainSummary train_ranks(const Recipe& r, std::ostream& console);
+}  // namespace
+
+// A rank that is lost (comm::RankLost) ends this one with an error that names it and, on rank 0,
+// the last complete checkpoint (the run resumes from it).
 TrainSummary train(const Recipe& r, std::ostream& console) {
+  try {
+    return train_ranks(r, console);
+  } catch (const comm::RankLost& e) {
+    if (!comm::is_root()) throw;
+    const std::string ck = latest_checkpoint(r.run.out_dir);
+    throw std::runtime_error(std::string(e.what()) +
+                             ". Stopping; last complete checkpoint: " + (ck.empty() ? "none" : ck));
+  }
+}
+
+namespace {
+
+TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   comm::init();  // joins the MPI job when started by mpirun / srun; else one rank
+  comm::set_timeout(r.distributed.timeout_s);
   const bool root = comm::is_root();
   const int ranks = comm::size();
   std::ostream& out = root ? console : null_stream();  // rank 0 alone prints
@@ -519,16 +555,22 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   share_start(st, model, m, v, sampler);
   std::unique_ptr<Backend> backend =
       make_backend(r.run.device, model, s.teacher.get(), s.loss, adamw_config(r), shape, out);
+  // ZeRO-1 (backend.h): with several ranks and [distributed] shard_optimizer, each rank keeps its
+  // shard of the moments; checkpoints gather them on rank 0.
+  const bool sharded = ranks > 1 && r.distributed.shard_optimizer;
   backend->load_state(model, m, v);
+  // MPI on CPU ranks, NCCL on GPU ranks (nccl_comm.h); with ZeRO-1 the backend cuts its moments
+  // (and on the GPU its master weights) to its slice here.
+  std::unique_ptr<StepReducer> reducer;
+  if (ranks > 1) backend->set_reducer((reducer = make_step_reducer(*backend, sharded)).get());
   // The moments now live in the backend; these host copies exist again only while a checkpoint
   // is written (on the CPU they would otherwise double the optimizer's memory).
   release(m, v);
-  std::unique_ptr<StepReducer> reducer;  // MPI on CPU ranks, NCCL on GPU ranks (nccl_comm.h)
-  if (ranks > 1) backend->set_reducer((reducer = make_step_reducer(*backend)).get());
   RunLog log(r, r.checkpoint.resume ? st.step : -1, root);
   if (ranks > 1)
     out << "data parallel: " << ranks << " ranks, global batch " << shape.B << " x "
-        << shape.grad_accum << " x " << ranks << " sequences\n";
+        << shape.grad_accum << " x " << ranks << " sequences"
+        << (sharded ? ", optimizer state sharded (ZeRO-1)" : "") << "\n";
 
   backend->report_memory();
   struct ClockGuard {
@@ -540,28 +582,36 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   }
 
   print_models(model.config(), s.teacher.get(), out);
-  if (s.teacher && root) {  // evaluation runs on rank 0 only
+  if (s.teacher) {  // every rank evaluates its share of the batches
     KD_RANGE_P("eval", Phase::Eval, st.step);
-    sum.teacher_val_loss =
-        evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f).teacher_ce;
+    sum.teacher_val_loss = evaluate(*backend, true, s.val_tokens, B, T, r.train.eval_batches, 1.0f,
+                                    comm::rank(), ranks)
+                               .teacher_ce;
     out << "teacher held-out loss " << std::fixed << std::setprecision(4) << sum.teacher_val_loss
         << std::defaultfloat << "\n";
   }
   out << "tokens: train " << s.train_tokens.size() << ", val " << s.val_tokens.size() << "\n";
 
+  // Every rank calls it (under ZeRO-1 the moments are gathered on rank 0); rank 0 writes.
   auto save = [&]() {
     KD_RANGE_P("checkpoint", Phase::Checkpoint, st.step);
     st.rng_state = sampler.state();
     backend->save_state(model, m, v);
-    write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
+    if (sharded) {  // each rank filled its slice (of its backend's layout), zeros elsewhere
+      comm::sum_to_root(m.data(), m.size());
+      comm::sum_to_root(v.data(), v.size());
+    }
+    if (root) {
+      write_checkpoint(r.run.out_dir, model, m, v, st, r, *s.tok);
+      prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
+      sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
+    }
     release(m, v);
-    prune_checkpoints(r.run.out_dir, r.checkpoint.keep_last);
-    sum.last_checkpoint = (fs::path(r.run.out_dir) / step_dir_name(st.step)).string();
   };
   auto run_eval = [&]() {
     KD_RANGE_P("eval", Phase::Eval, st.step);
     const EvalStats e = evaluate(*backend, false, s.val_tokens, B, T, r.train.eval_batches,
-                                 float(r.loss.temperature));
+                                 float(r.loss.temperature), comm::rank(), ranks);
     sum.final_val_loss = e.student_ce;
     if (!std::isfinite(st.best_val_loss) || e.student_ce < st.best_val_loss)
       st.best_val_loss = e.student_ce;
@@ -587,6 +637,7 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   LogWindow log_window;
   while (st.step < r.train.max_steps) {
     const auto step_start = Clock::now();
+    comm::set_step(st.step + 1);                  // names the step in a lost-rank message
     profiler::StepScope step_scope(st.step + 1);  // steps count from 1, as in the log
     {
       KD_RANGE_P("data", Phase::Data, st.step);
@@ -630,11 +681,11 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
       out << line << "\n" << std::flush;
     }
     const bool last = st.step == r.train.max_steps;
-    if (root && (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0))) run_eval();
-    if (root && (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0))) save();
+    if (last || (r.train.eval_every > 0 && st.step % r.train.eval_every == 0)) run_eval();
+    if (last || (r.checkpoint.every > 0 && st.step % r.checkpoint.every == 0)) save();
     if (!last && comm::any(interrupt_flag().load())) {  // every rank stops at the same step
       out << "interrupted: writing a checkpoint at step " << st.step << "\n";
-      if (root) save();
+      save();
       sum.interrupted = true;
       break;
     }
@@ -657,6 +708,9 @@ TrainSummary train(const Recipe& r, std::ostream& console) {
   comm::finalize();  // every rank got here: leave the MPI job cleanly
   return sum;
 }
+
+}  // namespace
+
 void print_check(const Recipe& r, std::ostream& out) {
   out << recipe_to_toml(r) << "\n";  // its first line says what it is
   Setup s = prepare(r, out, false);
@@ -675,7 +729,8 @@ void print_check(const Recipe& r, std::ostream& out) {
   out << "  weights            " << mib(p.weights) << "\n";
   if (p.master_weights) out << "  master weights     " << mib(p.master_weights) << "  (fp32)\n";
   out << "  gradients          " << mib(p.gradients) << "\n";
-  out << "  optimizer moments  " << mib(p.moments) << "\n";
+  out << "  optimizer moments  " << mib(p.moments)
+      << (r.distributed.shard_optimizer ? "  (at N ranks each holds 1/N: ZeRO-1)\n" : "\n");
   out << "  activations        " << mib(p.activations) << "  (micro_batch " << shape.B
       << " x seq_len " << shape.T << ")\n";
   out << "  teacher weights    " << mib(p.teacher_weights) << "\n";
@@ -692,17 +747,22 @@ std::vector<uint16_t> held_out_tokens(const Recipe& r) {
 }
 
 EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
-                          int B, int T, int batches, float temperature) {
+                          int B, int T, int batches, float temperature, int rank, int ranks) {
+  KD_REQUIRE(ranks >= 1 && rank >= 0 && rank < ranks, "evaluate_model: rank outside [0, ranks)");
   std::ostringstream quiet;
   std::unique_ptr<Backend> backend =
       make_backend(Device::Cpu, student, teacher, LossConfig{}, AdamWConfig{}, {B, T, 1}, quiet);
-  const EvalStats e = evaluate(*backend, false, tokens, B, T, batches, temperature);
+  const EvalStats e = eval_stats(
+      evaluate_sums(*backend, false, tokens, B, T, batches, temperature, rank, ranks), false);
   EvalResult res;
   res.loss = e.student_ce;
   res.perplexity = std::exp(e.student_ce);
   res.kl = e.kl;
   res.tokens = e.tokens;
-  if (teacher) res.teacher_loss = evaluate(*backend, true, tokens, B, T, batches, 1.0f).teacher_ce;
+  if (teacher)
+    res.teacher_loss =
+        eval_stats(evaluate_sums(*backend, true, tokens, B, T, batches, 1.0f, rank, ranks), true)
+            .teacher_ce;
   return res;
 }
 

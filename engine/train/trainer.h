@@ -70,9 +70,12 @@ std::vector<uint16_t> held_out_tokens(const Recipe& r);
 // The trainer's evaluation of `student` on `batches` fixed windows of B x T tokens of `tokens`
 // (BatchSampler::eval_batch): mean CE, and with a teacher the teacher's CE and
 // KL(p_teacher || q_student) at `temperature`. With the recipe's B, T, eval_batches and
-// temperature it gives the numbers of the trainer's eval records.
+// temperature it gives the numbers of the trainer's eval records. With ranks > 1 it evaluates
+// only the share of rank `rank` (batches rank, rank + ranks, ...), the split the trainer uses at
+// several ranks before it adds the sums over the ranks.
 EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<uint16_t>& tokens,
-                          int B, int T, int batches, float temperature);
+                          int B, int T, int batches, float temperature, int rank = 0,
+                          int ranks = 1);
 
 // Text from a checkpoint: `kdengine sample`.
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,

@@ -19,7 +19,15 @@ int available_cores() {
 }
 
 int resolve_threads(int requested) {
-  return requested > 0 ? requested : available_cores();
+  if (requested > 0) return requested;
+  // OMP_NUM_THREADS's first entry (a list "4,2" sets nested levels) when it is a positive integer;
+  // anything else is ignored, as OpenMP itself ignores it.
+  if (const char* s = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(s, &end, 10);
+    if (end != s && (*end == '\0' || *end == ',') && n >= 1 && n <= 1024) return int(n);
+  }
+  return available_cores();
 }
 
 void blas_single_threaded() {

@@ -13,7 +13,9 @@ namespace kd::cpu {
 // Cores this process may run on (sched_getaffinity), at least 1.
 int available_cores();
 
-// The thread count a `[run] threads` value means: 0 -> available_cores(), otherwise n.
+// The thread count a `[run] threads` value means: n when n > 0; for 0, OMP_NUM_THREADS when it is
+// set to a positive integer (so `mpirun -x OMP_NUM_THREADS=1` gives each rank one thread), else
+// available_cores().
 int resolve_threads(int requested);
 
 // Uses n threads (n >= 1) for every later parallel region of the CPU ops, and makes BLAS
