@@ -31,7 +31,7 @@ size_t align256(size_t b) {
   return (b + 255) & ~size_t{255};
 }
 
-// An event for ordering one stream after another (no timing).
+// An event without timing: orders one stream after another, or marks a point the host polls.
 class OrderEvent {
  public:
   OrderEvent() { KD_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
@@ -39,6 +39,7 @@ class OrderEvent {
   OrderEvent(const OrderEvent&) = delete;
   OrderEvent& operator=(const OrderEvent&) = delete;
   // `waiter` runs nothing queued after this call before everything queued on `done` so far.
+  cudaEvent_t get() const { return e_; }
   void order(cudaStream_t waiter, cudaStream_t done) {
     KD_CUDA_CHECK(cudaEventRecord(e_, done));
     KD_CUDA_CHECK(cudaStreamWaitEvent(waiter, e_, 0));
@@ -422,7 +423,10 @@ struct CudaBackend::Impl {
   StepResult finish(bool reduce = false) {
     KD_CUDA_CHECK(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
                                   cudaMemcpyDeviceToHost, stream));
-    KD_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (reduce && reducer)
+      wait_for_step();
+    else
+      KD_CUDA_CHECK(cudaStreamSynchronize(stream));
     StepResult r;
     r.sums = readback_host()->sums;
     if (reduce && reducer) reducer->sum_losses(r.sums);
@@ -430,6 +434,29 @@ struct CudaBackend::Impl {
     r.loss = r.sums.loss / static_cast<double>(std::max<int64_t>(1, r.sums.rows));
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
     return r;
+  }
+
+  // A data-parallel step's synchronisation, bounded: the host polls an event at the end of the
+  // step stream (which waited on the communication stream) under [distributed] timeout_s, as one
+  // arrival of comm::wait_local, so a peer that never joins the step's NCCL collectives is named
+  // instead of hanging this rank. On the deadline the communicator is aborted first (its
+  // collectives end, the streams drain, the destructors' synchronisations return), then RankLost
+  // goes to the trainer, which stops without writing a checkpoint.
+  void wait_for_step() {
+    KD_CUDA_CHECK(cudaEventRecord(step_done.get(), stream));
+    auto done = [](void* e) {
+      const cudaError_t q = cudaEventQuery(static_cast<cudaEvent_t>(e));
+      if (q == cudaErrorNotReady) return false;
+      KD_CUDA_CHECK(q);
+      return true;
+    };
+    try {
+      comm::wait_local("GPU step", done, step_done.get());
+    } catch (const comm::RankLost&) {
+      reducer->abort();
+      throw;
+    }
+    KD_CUDA_CHECK(cudaEventSynchronize(step_done.get()));  // complete: returns at once
   }
 
   LossSums eval(const int32_t* inputs, const int32_t* targets, int b, int t, float temperature,
@@ -482,7 +509,7 @@ struct CudaBackend::Impl {
   // step stream, step_ready the step stream after it.
   Stream comm_holder;
   cudaStream_t comm_stream = comm_holder.get();
-  OrderEvent comm_ready, step_ready;
+  OrderEvent comm_ready, step_ready, step_done;
   int bucket_layers = 1;  // set_bucket_layers
   size_t unsent_end = 0;  // the gradients [unsent_end, P) are in flight (this step's buckets)
   // Called by the last micro-batch's backward after each layer (GPT2Cuda::backward_hidden).

@@ -90,6 +90,10 @@ class NcclStepReducer final : public StepReducer {
   void all_gather(void* data, size_t shard_bytes, size_t total_bytes) override;
   // Waits until everything queued so far has completed (synchronises the stream).
   void finish() override;
+  // Aborts the communicator (ncclCommAbort): the collectives in flight end without completing, so
+  // the streams that wait on them drain. For a rank that gives up on a lost peer; the reducer is
+  // unusable afterwards.
+  void abort();
 
  private:
   struct Impl;

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +34,7 @@
 #include "engine/train/cuda_backend.h"
 #include "engine/train/device.h"
 #include "engine/train/nccl_comm.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/gpt2_cuda.h"
 #include "tests/shell_util.h"
@@ -296,6 +298,43 @@ TEST_F(GpuDistributed, MoreRanksThanGpusIsAClearError) {
       << r.output;
   EXPECT_FALSE(fs::exists(dir_ / "o" / "final"));
 }
+
+#ifdef KD_EMULATED_GPUS
+// A GPU rank whose step never completes (KDEMU_STALL_AFTER_QUERIES on rank 1 only: from its 4th
+// step on, the end-of-step event never reports complete, as when its NCCL collectives wait for a
+// peer that never joins). The host's wait is bounded ([distributed] timeout_s = 3 s): the job
+// must end non-zero within the bound, not hang (`timeout 120`), the message must name rank 1
+// (rank 0: "rank 1 did not arrive at ..."; or rank 1 itself: "its own GPU step ... did not
+// complete"), and the checkpoint of step 2 stays the last complete one, and loadable.
+// Not covered here: a SIGSTOPped rank, whose peers the emulated NCCL (blocking MPI calls inside the
+// collective's launch) would block before the bounded wait; on GPUs the launch returns and the
+// wait above is where they block.
+TEST_F(GpuDistributed, AStalledGpuIsNamedAndEndsTheJob) {
+  const fs::path rec = recipe("stall");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result r = sh(mpirun(2) + "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then export " +
+                      "KDEMU_STALL_AFTER_QUERIES=3; fi; exec \"$0\" \"$@\"' " + kBin + " train " +
+                      rec.string() + " --set run.out_dir='\"" + (dir_ / "s").string() +
+                      "\"' --set checkpoint.every=2 --set distributed.timeout_s=3");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("the job ended after %.1f s\n", secs);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.status, 124) << "the job hung until the timeout: " << r.output;
+  EXPECT_GE(secs, 3.0) << r.output;
+  EXPECT_LT(secs, 60.0) << r.output;
+  EXPECT_NE(r.output.find("timeout_s = 3 s"), std::string::npos) << r.output;
+  EXPECT_TRUE(r.output.find("rank 0: rank 1 did not arrive") != std::string::npos ||
+              r.output.find("rank 1: its own GPU step of step 4 did not complete") !=
+                  std::string::npos)
+      << r.output;
+  const std::string last = kd::latest_checkpoint((dir_ / "s").string());
+  ASSERT_FALSE(last.empty()) << r.output;
+  EXPECT_EQ(fs::path(last).filename().string(), "step_000002") << r.output;
+  const kd::GPT2 g = kd::load_model(last);
+  EXPECT_GT(g.params.size(), 0u);
+  EXPECT_TRUE(fs::exists(fs::path(last) / "optimizer.safetensors"));
+}
+#endif
 
 // ---- ZeRO-1 on GPU ranks, at the backend
 // ----------------------------------------------------------
