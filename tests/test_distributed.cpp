@@ -457,6 +457,29 @@ TEST_F(DistributedTest, DifferentRecipesOnTheRanksAreRefused) {
   EXPECT_FALSE(fs::exists(dir_ / "o" / "final"));
 }
 
+// A rank running another build (kd_other_build: the same trainer under another build identity)
+// is refused at start, before anything is written, with the same recipe on both ranks.
+TEST_F(DistributedTest, DifferentBuildsOnTheRanksAreRefused) {
+  const fs::path rec = recipe("r");
+  const std::string out = " --set run.out_dir='\"" + (dir_ / "o").string() + "\"'";
+  Result r =
+      sh("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun "
+         "--oversubscribe -np 1 " +
+         kBin + " train " + rec.string() + out + " : -np 1 " + std::string(KD_OTHER_BUILD_BIN) +
+         " " + rec.string() + out);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.status, 124) << "timed out: " << r.output;
+  EXPECT_NE(r.output.find("rank 1 runs a different kdengine build than rank 0"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("0.0.0-other"), std::string::npos) << "rank 1 names its build\n"
+                                                             << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "o" / "final"));
+  // The same two programs with the same build identity would train: kd_other_build alone runs.
+  Result alone = sh(std::string(KD_OTHER_BUILD_BIN) + " " + rec.string() + " --set " +
+                    "run.out_dir='\"" + (dir_ / "alone").string() + "\"'");
+  EXPECT_EQ(alone.status, 0) << alone.output;
+}
+
 // The pid of the kdengine process that is rank `rank` of a job whose command line mentions `tag`.
 int find_rank_pid(const std::string& tag, int rank) {
   for (const auto& e : fs::directory_iterator("/proc")) {

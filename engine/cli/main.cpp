@@ -161,6 +161,8 @@ int run(const std::string& cmd, const std::vector<std::string>& args) {
     std::vector<std::string> sets;
     parse_recipe_args(args, path, sets);
     kd::Recipe r = kd::load_recipe(path, sets);
+    kd::set_build_identity(std::string("kdengine ") + KD_VERSION + ", commit " + KD_GIT_COMMIT +
+                           ", CUDA " + KD_CUDA_BUILT);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
     kd::TrainSummary s = kd::train(r, std::cout);

@@ -485,12 +485,31 @@ void share_start(State& st, GPT2& model, std::vector<float>& m, std::vector<floa
   sampler.set_state(st.rng_state);
 }
 
-// Every rank must run the same recipe: the hash of the resolved recipe, compared across ranks.
-void check_same_recipe(const Recipe& r) {
+std::string& build_identity_storage() {
+  static std::string id;
+  return id;
+}
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Every rank must run the same build and the same recipe: the build identity (set by kdengine's
+// main) and the hash of the resolved recipe, compared across ranks.
+void check_same_job(const Recipe& r) {
   if (comm::size() == 1) return;
-  uint64_t h = 1469598103934665603ull;  // FNV-1a of the recipe hash text
-  for (unsigned char c : recipe_hash(r)) h = (h ^ c) * 1099511628211ull;
-  const std::vector<uint64_t> all = comm::allgather(h);
+  const std::string& build = build_identity_storage();
+  const std::vector<uint64_t> builds = comm::allgather(fnv1a(build));
+  for (size_t k = 1; k < builds.size(); ++k)
+    if (builds[k] != builds[0])
+      throw InputError("rank " + std::to_string(k) +
+                       " runs a different kdengine build than rank 0 " + "(rank " +
+                       std::to_string(comm::rank()) + " is " +
+                       (build.empty() ? std::string("an unnamed build") : build) +
+                       "); every rank must run the same binary");
+  const std::vector<uint64_t> all = comm::allgather(fnv1a(recipe_hash(r)));
   for (size_t k = 1; k < all.size(); ++k)
     if (all[k] != all[0])
       throw InputError("rank " + std::to_string(k) +
@@ -531,7 +550,7 @@ TrainSummary train_ranks(const Recipe& r, std::ostream& console) {
   const bool root = comm::is_root();
   const int ranks = comm::size();
   std::ostream& out = root ? console : null_stream();  // rank 0 alone prints
-  check_same_recipe(r);
+  check_same_job(r);
   const auto t_start = Clock::now();
   TrainSummary sum;
   sum.best_val_loss = sum.final_val_loss = sum.teacher_val_loss =
@@ -801,6 +820,10 @@ EvalResult evaluate_checkpoint(const std::string& ckpt, const std::string& data,
     res.kl = e.kl;
   }
   return res;
+}
+
+void set_build_identity(std::string id) {
+  build_identity_storage() = std::move(id);
 }
 
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,

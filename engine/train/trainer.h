@@ -77,6 +77,11 @@ EvalResult evaluate_model(GPT2& student, const GPT2* teacher, const std::vector<
                           int B, int T, int batches, float temperature, int rank = 0,
                           int ranks = 1);
 
+// The build this process runs (version, commit, CUDA), which every rank of a data-parallel job
+// must share: train() compares it across the ranks at start and refuses a job whose ranks run
+// different builds. kdengine's main sets it; unset, it is the empty string.
+void set_build_identity(std::string id);
+
 // Text from a checkpoint: `kdengine sample`.
 std::string sample_text(const std::string& ckpt, const std::string& prompt, int tokens,
                         double temperature, int top_k, uint64_t seed);
