@@ -267,7 +267,11 @@ void GPT2Cuda::forward_hidden(const int32_t* tokens_dev, int B, int T) {
   }
 }
 
-void GPT2Cuda::backward_hidden(const bf16* dhidden) {
+size_t GPT2Cuda::layer_offset(int l) const {
+  return layout_.layers.at(static_cast<size_t>(l)).ln1w;
+}
+
+void GPT2Cuda::backward_hidden(const bf16* dhidden, const GPT2::LayerDone& layer_done) {
   KD_REQUIRE(role_ == Role::Student, "GPT2Cuda::backward_hidden: a teacher is frozen");
   KD_REQUIRE(B_ != 0, "GPT2Cuda::backward_hidden: call forward_hidden() first");
   const int B = B_, T = T_, N = B * T, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
@@ -321,6 +325,7 @@ void GPT2Cuda::backward_hidden(const bf16* dhidden) {
     // ln1 = layernorm(residual): dres becomes d(residual), the previous layer's d(res3)
     cuda::layernorm_backward(a.dres, gr.ln1w, gr.ln1b, a.dC, residual, w.ln1w, a.ln1_mean + l * S,
                              a.ln1_rstd + l * S, N, C, s);
+    if (layer_done) layer_done(l);
   }
   cuda::encoder_backward(pg("wte.weight"), pg("wpe.weight"), a.dres, fwd_tokens_, B, T, C, s);
 }

@@ -120,8 +120,14 @@ class GPT2Cuda {
   // Backward of the last forward_hidden from d(ln_f output) [B,T,C] bf16: ADDS into the fp32
   // gradients (wte.weight must already hold the LM head's part, which lm_head_kd_loss adds; the
   // embedding's is added here). The device tokens passed to forward_hidden must still hold the
-  // same ids.
-  void backward_hidden(const cuda::bf16* dhidden);
+  // same ids. layer_done(l), when given, is called on the host right after layer l's kernels are
+  // queued (l = L-1 down to 0): from there on the stream holds everything that writes layer l's
+  // gradients (the embedding's, wte and wpe, come after layer 0's). The CUDA backend starts a
+  // gradient bucket's collective from it (GPT2::LayerDone, as the CPU model does).
+  void backward_hidden(const cuda::bf16* dhidden, const GPT2::LayerDone& layer_done = nullptr);
+  // Where layer l's parameters begin in the device layout (h.l.ln_1.weight); the layers are
+  // contiguous, h.0 .. h.{L-1}, after wte and wpe and before ln_f.
+  size_t layer_offset(int l) const;
 
   // Inference forward (any role) stopped at the final LayerNorm; returns ln_f's output [B,T,C]
   // bf16, which lives in scratch until the next call (a student lends its activation buffers, a

@@ -505,4 +505,45 @@ void MpiStepReducer::finish() {
   used_ = 0;
 }
 
+// Waiting for this rank's own asynchronous work (a GPU step whose collectives run on the device)
+// as one more arrival: the other ranks learn that this rank got here, it sends heartbeats while
+// it waits, and at the deadline it names the rank that did not get here (or went silent).
+void wait_local(const char* what, bool (*done)(void*), void* ctx) {
+#if KD_WITH_MPI
+  if (g_active && g_size > 1) {
+    arrive(what);
+    const auto start = Clock::now();
+    auto beat = start;
+    const auto limit = std::chrono::duration<double>(g_timeout_s);
+    for (int polls = 0; !done(ctx); ++polls) {
+      const auto now = Clock::now();
+      if (now - beat > std::chrono::seconds(1)) {
+        tell_peers();
+        drain_records();
+        beat = now;
+      }
+      if (now - start > limit) {
+        drain_records();
+        bool all_past =
+            true;  // every other rank arrived here and went on: this rank is the late one
+        for (int q = 0; q < g_size; ++q) all_past &= q == g_rank || g_latest[size_t(q)] > g_seq;
+        if (!all_past) lost();
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%g", g_timeout_s);
+        throw RankLost("rank " + std::to_string(g_rank) + ": its own " + describe(g_seq) +
+                           " did not complete within [distributed] timeout_s = " + buf +
+                           " s, while every other rank finished it",
+                       g_rank);
+      }
+      if (polls < 100)
+        sched_yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return;
+  }
+#endif
+  while (!done(ctx)) std::this_thread::yield();
+}
+
 }  // namespace kd::comm

@@ -102,4 +102,12 @@ class MpiStepReducer final : public StepReducer {
   size_t used_ = 0;  // landings_ in use since the last finish()
 };
 
+// Polls done(ctx) until it returns true, as a collective under the deadline: every rank calls it
+// at the same point (one arrival, named `what` in the messages), heartbeats while it waits, and
+// RankLost after [distributed] timeout_s names the rank that did not arrive (or went silent). It
+// does not wait for the other ranks. The CUDA backend waits for its step's end (a GPU event)
+// with it, so a rank whose NCCL collectives never complete cannot hang the host. One rank: polls
+// without a deadline.
+void wait_local(const char* what, bool (*done)(void*), void* ctx);
+
 }  // namespace kd::comm

@@ -31,6 +31,24 @@ size_t align256(size_t b) {
   return (b + 255) & ~size_t{255};
 }
 
+// An event without timing: orders one stream after another, or marks a point the host polls.
+class OrderEvent {
+ public:
+  OrderEvent() { KD_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
+  ~OrderEvent() { cudaEventDestroy(e_); }
+  OrderEvent(const OrderEvent&) = delete;
+  OrderEvent& operator=(const OrderEvent&) = delete;
+  // `waiter` runs nothing queued after this call before everything queued on `done` so far.
+  cudaEvent_t get() const { return e_; }
+  void order(cudaStream_t waiter, cudaStream_t done) {
+    KD_CUDA_CHECK(cudaEventRecord(e_, done));
+    KD_CUDA_CHECK(cudaStreamWaitEvent(waiter, e_, 0));
+  }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
 // Page-locked host memory (for asynchronous copies).
 class PinnedBlock {
  public:
@@ -292,9 +310,36 @@ struct CudaBackend::Impl {
                   static_cast<int>(N), loss, inv_norm);
       }
       KD_RANGE_P("student_backward", Phase::StudentBackward, a);
-      student->backward_hidden(student->dhidden());
+      // The last micro-batch's backward finishes the gradients layer after layer: each finished
+      // bucket's collective starts on the communication stream while the layers below run.
+      const bool buckets = reducer != nullptr && bucket_layers > 0 && a == A - 1;
+      unsent_end = P_dev();
+      student->backward_hidden(student->dhidden(), buckets ? layer_done : nullptr);
     }
     reduce_and_norm(grad_clip);
+  }
+
+  size_t P_dev() const { return student->num_parameters(); }
+
+  // Starts the reduction of the gradients [begin, end) on the communication stream, after
+  // everything the step stream has queued so far: the sum (all-reduce), or under ZeRO-1 the
+  // reduce-scatter of that range (backend.h's StepReducer contract).
+  void reduce_bucket(size_t begin, size_t end) {
+    if (end <= begin) return;
+    comm_ready.order(comm_stream, stream);
+    float* g = student->grads();
+    if (zero1)
+      reducer->reduce_scatter(g, shard, begin, end);
+    else
+      reducer->sum_grads(g + begin, end - begin);
+  }
+  // A collective on the communication stream, ordered after the step stream's work and before the
+  // step stream's next (the norms and the weights all-gathered under ZeRO-1).
+  template <class F>
+  void on_comm(F&& f) {
+    comm_ready.order(comm_stream, stream);
+    f();
+    step_ready.order(stream, comm_stream);
   }
 
   // The gradients summed over the ranks (ZeRO-1: only this rank's slice of the sum), then the
@@ -302,21 +347,28 @@ struct CudaBackend::Impl {
   void reduce_and_norm(float grad_clip) {
     float* g = student->grads();
     const size_t P = student->num_parameters();
+    if (reducer) {
+      // The last bucket: what the layers' buckets did not send (wte and wpe; everything when the
+      // backward started none). Then the norm waits for every bucket.
+      KD_RANGE_P("comm_grads", Phase::Comm, static_cast<int64_t>(unsent_end));
+      reduce_bucket(0, unsent_end);
+      step_ready.order(stream, comm_stream);
+    }
     if (!zero1) {
-      if (reducer) reducer->sum_grads(g, P);
       cuda::global_norm(&readback_dev->norm, &readback_dev->scale, g, P, grad_clip, stream);
       return;
     }
     // Each rank's slice norm into slot rank of `norms`, gathered; the norm of those norms is the
     // global norm (sqrt of the sum of the slices' squares), with global_norm's clip scale.
-    reducer->reduce_scatter(g, shard, 0, P);
     const size_t b = student->optimizer_begin(), e = student->optimizer_end();
     float* mine = norms + reducer->rank();
     if (e > b)
       cuda::global_norm(mine, nullptr, g + b, e - b, 0.0f, stream);
     else
       KD_CUDA_CHECK(cudaMemsetAsync(mine, 0, sizeof(float), stream));
-    reducer->all_gather(norms, sizeof(float), sizeof(float) * size_t(reducer->size()));
+    on_comm([&] {
+      reducer->all_gather(norms, sizeof(float), sizeof(float) * size_t(reducer->size()));
+    });
     cuda::global_norm(&readback_dev->norm, &readback_dev->scale, norms, size_t(reducer->size()),
                       grad_clip, stream);
   }
@@ -335,8 +387,10 @@ struct CudaBackend::Impl {
       cuda::adamw_update(s.weights() + b, s.master(), s.grads() + b, s.m(), s.v(), shard_spans,
                          num_shard_spans, e - b, cfg, t, 1.0f, &readback_dev->scale, rounding,
                          stream);
-    reducer->all_gather(s.weights(), shard * sizeof(cuda::bf16),
-                        s.num_parameters() * sizeof(cuda::bf16));
+    on_comm([&] {
+      reducer->all_gather(s.weights(), shard * sizeof(cuda::bf16),
+                          s.num_parameters() * sizeof(cuda::bf16));
+    });
   }
 
   // ZeRO-1 from now on: this rank keeps its slice of the master weights and moments (freeing the
@@ -369,7 +423,10 @@ struct CudaBackend::Impl {
   StepResult finish(bool reduce = false) {
     KD_CUDA_CHECK(cudaMemcpyAsync(readback_host(), readback_dev, sizeof(StepReadback),
                                   cudaMemcpyDeviceToHost, stream));
-    KD_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (reduce && reducer)
+      wait_for_step();
+    else
+      KD_CUDA_CHECK(cudaStreamSynchronize(stream));
     StepResult r;
     r.sums = readback_host()->sums;
     if (reduce && reducer) reducer->sum_losses(r.sums);
@@ -377,6 +434,29 @@ struct CudaBackend::Impl {
     r.loss = r.sums.loss / static_cast<double>(std::max<int64_t>(1, r.sums.rows));
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
     return r;
+  }
+
+  // A data-parallel step's synchronisation, bounded: the host polls an event at the end of the
+  // step stream (which waited on the communication stream) under [distributed] timeout_s, as one
+  // arrival of comm::wait_local, so a peer that never joins the step's NCCL collectives is named
+  // instead of hanging this rank. On the deadline the communicator is aborted first (its
+  // collectives end, the streams drain, the destructors' synchronisations return), then RankLost
+  // goes to the trainer, which stops without writing a checkpoint.
+  void wait_for_step() {
+    KD_CUDA_CHECK(cudaEventRecord(step_done.get(), stream));
+    auto done = [](void* e) {
+      const cudaError_t q = cudaEventQuery(static_cast<cudaEvent_t>(e));
+      if (q == cudaErrorNotReady) return false;
+      KD_CUDA_CHECK(q);
+      return true;
+    };
+    try {
+      comm::wait_local("GPU step", done, step_done.get());
+    } catch (const comm::RankLost&) {
+      reducer->abort();
+      throw;
+    }
+    KD_CUDA_CHECK(cudaEventSynchronize(step_done.get()));  // complete: returns at once
   }
 
   LossSums eval(const int32_t* inputs, const int32_t* targets, int b, int t, float temperature,
@@ -425,6 +505,22 @@ struct CudaBackend::Impl {
   cuda::AdamWRounding rounding;
   Stream stream_holder;  // destroyed after every buffer and model below
   cudaStream_t stream = stream_holder.get();
+  // Data parallelism: the reducer's collectives run on comm_stream; comm_ready orders it after the
+  // step stream, step_ready the step stream after it.
+  Stream comm_holder;
+  cudaStream_t comm_stream = comm_holder.get();
+  OrderEvent comm_ready, step_ready, step_done;
+  int bucket_layers = 1;  // set_bucket_layers
+  size_t unsent_end = 0;  // the gradients [unsent_end, P) are in flight (this step's buckets)
+  // Called by the last micro-batch's backward after each layer (GPT2Cuda::backward_hidden).
+  GPT2::LayerDone layer_done = [this](int l) {
+    const int L = student_cfg.n_layer;
+    if ((L - l) % bucket_layers != 0 && l != 0) return;
+    KD_RANGE_P("comm_start", Phase::Comm, l);
+    const size_t begin = student->layer_offset(l);
+    reduce_bucket(begin, unsent_end);
+    unsent_end = begin;
+  };
   std::unique_ptr<GPT2Cuda> student, teacher;
   DeviceBlock loss_block, other_block;
   cuda::bf16* workspace = nullptr;  // one chunk of both models' logits
@@ -473,7 +569,7 @@ void CudaBackend::set_reducer(StepReducer* reducer) {
   KD_REQUIRE(reducer == nullptr || r != nullptr,
              "CudaBackend::set_reducer: the reducer must work on device memory (NcclStepReducer)");
   KD_REQUIRE(!impl_->zero1, "CudaBackend::set_reducer: the optimizer state is already sharded");
-  if (r != nullptr) r->bind_stream(impl_->stream);
+  if (r != nullptr) r->bind_stream(impl_->comm_stream);
   impl_->reducer = r;
   if (r != nullptr && r->shard_optimizer() && r->size() > 1) impl_->start_zero1();
 }
@@ -525,6 +621,11 @@ std::vector<float> CudaBackend::master_weights() const {
 
 std::vector<float> CudaBackend::vocab_padding() const {
   return impl_->student->download_vocab_padding();
+}
+
+void CudaBackend::set_bucket_layers(int layers) {
+  KD_REQUIRE(layers >= 0, "CudaBackend::set_bucket_layers: layers must be >= 0");
+  impl_->bucket_layers = layers;
 }
 
 std::vector<float> CudaBackend::student_hidden(const int32_t* tokens, int B, int T) {

@@ -58,7 +58,7 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
 
   // Data parallelism over NCCL: `reducer` must be a nccl::NcclStepReducer
-  // (engine/train/nccl_comm.h; device memory, bound here to the step's stream), or null for one
+  // (engine/train/nccl_comm.h; device memory, bound here to the communication stream), or null for one
   // rank. step() then sums the supervised rows before the loss, the gradients after the last
   // backward (before the norm) and the loss sums after the step's synchronisation.
   //
@@ -70,7 +70,17 @@ class CudaBackend final : public Backend {
   // rank's slice of m and v (the rest zero: the caller gathers them); load_state keeps the slice.
   // With stochastic rounding the noise of an element depends on its index within the slice, so a
   // sharded run rounds differently from an unsharded one (still unbiased).
+  //
+  // Gradient buckets (docs/distributed.md, "GPU ranks"): during the last micro-batch's backward,
+  // after every `layers` layers (the default 1; counted from the top, the rest with layer 0), the
+  // finished range of the gradient buffer is summed (ZeRO-1: reduce-scattered) on a communication
+  // stream that waits on an event of the step stream, while the step stream goes on with the
+  // layers below; wte and wpe (the tied embedding, written by the LM head and the embedding
+  // backward) are the last bucket, and the step stream waits on the communication stream before the
+  // norm. layers = 0: one bucket, the whole buffer, after the backward. Still one host
+  // synchronisation per step.
   void set_reducer(StepReducer* reducer) override;
+  void set_bucket_layers(int layers);
   // Tokens must lie in [0, V). One host synchronisation, at the end.
   StepResult step(const int32_t* inputs, const int32_t* targets, float lr, float grad_clip,
                   int t) override;

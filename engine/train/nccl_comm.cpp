@@ -126,14 +126,15 @@ namespace {
 // NCCL's entry points. The real build resolves them in libnccl.so.2 when the first communicator is
 // created (the loader's search path first: LD_LIBRARY_PATH, e.g. PyTorch's NCCL wheel; then the
 // library CMake found); the emulated build takes the emulator's. api().ncclX is ::ncclX.
-#define KD_NCCL_CALLS(X)                                                                           \
-  X(ncclGetVersion)                                                                                \
-  X(ncclGetUniqueId)                                                                               \
-  X(ncclCommInitRank)                                                                              \
-  X(ncclCommDestroy)                                                                               \
-  X(ncclCommAbort)                                                                                 \
-  X(ncclGetErrorString) X(ncclGetLastError) X(ncclAllReduce) X(ncclReduceScatter) X(ncclAllGather) \
-      X(ncclReduce) X(ncclBroadcast) X(ncclGroupStart) X(ncclGroupEnd)
+#define KD_NCCL_CALLS(X)                                                                   \
+  X(ncclGetVersion)                                                                        \
+  X(ncclGetUniqueId)                                                                       \
+  X(ncclCommInitRank)                                                                      \
+  X(ncclCommDestroy)                                                                       \
+  X(ncclCommAbort)                                                                         \
+  X(ncclGetErrorString)                                                                    \
+  X(ncclGetLastError) X(ncclAllReduce) X(ncclReduceScatter) X(ncclAllGather) X(ncclReduce) \
+      X(ncclBroadcast) X(ncclGroupStart) X(ncclGroupEnd)
 
 struct Api {
 #define KD_NCCL_FIELD(f) decltype(&::f) f = nullptr;
@@ -308,6 +309,12 @@ void NcclStepReducer::finish() {
   KD_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
 }
 
+void NcclStepReducer::abort() {
+  if (impl_->comm == nullptr) return;
+  api().ncclCommAbort(impl_->comm);
+  impl_->comm = nullptr;
+}
+
 #else  // no NCCL in this build
 
 int library_version() {
@@ -339,6 +346,7 @@ void NcclStepReducer::sum_doubles(double*, size_t) {}
 void NcclStepReducer::reduce_scatter(float*, size_t, size_t, size_t) {}
 void NcclStepReducer::all_gather(void*, size_t, size_t) {}
 void NcclStepReducer::finish() {}
+void NcclStepReducer::abort() {}
 
 #endif
 

@@ -53,9 +53,9 @@ int select_device();
 size_t zero1_shard(size_t n, int ranks);
 
 // The step's collectives on device memory. Creating one creates the NCCL communicator over all
-// ranks (collective). The CUDA backend binds its step stream (set_reducer) before the first step;
-// every NCCL call is queued on that stream, in order with the step's kernels, without a host
-// synchronisation.
+// ranks (collective). The CUDA backend binds its communication stream (set_reducer) before the
+// first step; every NCCL call is queued on that stream, which the backend orders against its step
+// stream with events (the gradient buckets overlap the backward), without a host synchronisation.
 //
 // shard_optimizer: ZeRO-1. The CUDA backend then keeps only its rank's slice of the fp32 master
 // weights and the AdamW moments: it reduce-scatters the gradients, updates its slice and
@@ -67,7 +67,7 @@ class NcclStepReducer final : public StepReducer {
   NcclStepReducer(const NcclStepReducer&) = delete;
   NcclStepReducer& operator=(const NcclStepReducer&) = delete;
 
-  // The backend's cudaStream_t (this header has no CUDA types).
+  // The cudaStream_t the collectives are queued on (this header has no CUDA types).
   void bind_stream(void* stream);
   int rank() const override;
   int size() const override;
@@ -90,6 +90,10 @@ class NcclStepReducer final : public StepReducer {
   void all_gather(void* data, size_t shard_bytes, size_t total_bytes) override;
   // Waits until everything queued so far has completed (synchronises the stream).
   void finish() override;
+  // Aborts the communicator (ncclCommAbort): the collectives in flight end without completing, so
+  // the streams that wait on them drain. For a rank that gives up on a lost peer; the reducer is
+  // unusable afterwards.
+  void abort();
 
  private:
   struct Impl;

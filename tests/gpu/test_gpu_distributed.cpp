@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +34,7 @@
 #include "engine/train/cuda_backend.h"
 #include "engine/train/device.h"
 #include "engine/train/nccl_comm.h"
+#include "engine/train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/gpt2_cuda.h"
 #include "tests/shell_util.h"
@@ -297,6 +299,43 @@ TEST_F(GpuDistributed, MoreRanksThanGpusIsAClearError) {
   EXPECT_FALSE(fs::exists(dir_ / "o" / "final"));
 }
 
+#ifdef KD_EMULATED_GPUS
+// A GPU rank whose step never completes (KDEMU_STALL_AFTER_QUERIES on rank 1 only: from its 4th
+// step on, the end-of-step event never reports complete, as when its NCCL collectives wait for a
+// peer that never joins). The host's wait is bounded ([distributed] timeout_s = 3 s): the job
+// must end non-zero within the bound, not hang (`timeout 120`), the message must name rank 1
+// (rank 0: "rank 1 did not arrive at ..."; or rank 1 itself: "its own GPU step ... did not
+// complete"), and the checkpoint of step 2 stays the last complete one, and loadable.
+// Not covered here: a SIGSTOPped rank, whose peers the emulated NCCL (blocking MPI calls inside the
+// collective's launch) would block before the bounded wait; on GPUs the launch returns and the
+// wait above is where they block.
+TEST_F(GpuDistributed, AStalledGpuIsNamedAndEndsTheJob) {
+  const fs::path rec = recipe("stall");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result r = sh(mpirun(2) + "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then export " +
+                      "KDEMU_STALL_AFTER_QUERIES=3; fi; exec \"$0\" \"$@\"' " + kBin + " train " +
+                      rec.string() + " --set run.out_dir='\"" + (dir_ / "s").string() +
+                      "\"' --set checkpoint.every=2 --set distributed.timeout_s=3");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("the job ended after %.1f s\n", secs);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.status, 124) << "the job hung until the timeout: " << r.output;
+  EXPECT_GE(secs, 3.0) << r.output;
+  EXPECT_LT(secs, 60.0) << r.output;
+  EXPECT_NE(r.output.find("timeout_s = 3 s"), std::string::npos) << r.output;
+  EXPECT_TRUE(r.output.find("rank 0: rank 1 did not arrive") != std::string::npos ||
+              r.output.find("rank 1: its own GPU step of step 4 did not complete") !=
+                  std::string::npos)
+      << r.output;
+  const std::string last = kd::latest_checkpoint((dir_ / "s").string());
+  ASSERT_FALSE(last.empty()) << r.output;
+  EXPECT_EQ(fs::path(last).filename().string(), "step_000002") << r.output;
+  const kd::GPT2 g = kd::load_model(last);
+  EXPECT_GT(g.params.size(), 0u);
+  EXPECT_TRUE(fs::exists(fs::path(last) / "optimizer.safetensors"));
+}
+#endif
+
 // ---- ZeRO-1 on GPU ranks, at the backend
 // ----------------------------------------------------------
 //
@@ -489,21 +528,166 @@ void zero1_rank_body() {
   kd::comm::finalize();
 }
 
-// Runs the rank body under `mpirun -np np` (emulated: np emulated devices).
-void launch_zero1(int np, bool emulated) {
+// ---- Gradient buckets on GPU ranks, at the backend
+// ------------------------------------------------
+//
+// Started under mpirun like GpuZero1. Every rank trains, on the same micro-batches (grad_accum 2,
+// so only the last micro-batch's backward may start buckets), a backend with per-layer buckets
+// (the default) and one with a single bucket after the backward (set_bucket_layers(0)), both
+// unsharded and both sharded (ZeRO-1).
+//
+// Expected, derived: the buckets partition the gradient buffer, and each element is summed by the
+// same MPI reduction of the same two values at 2 ranks (a + b), so at 2 ranks the bucketed and the
+// single-bucket runs hold the same bits (losses, norms, master weights). At 3 ranks MPI may
+// associate three-term sums differently for other message sizes: the tolerance model above.
+// Where the buckets run (emulated only: the emulator's NCCL records each collective with the
+// number of kernels launched before it; its streams are synchronous, so a collective runs where it
+// was launched): L + 1 bucket starting points, with kernels between each two (the layers below
+// were computed after the bucket started); the gradient collectives cover the buffer exactly once;
+// the last bucket (wte, wpe) starts where the single bucket does, after the whole backward; the
+// first starts in the last micro-batch. And a bucketed step still synchronises the host once.
+constexpr int kBucketLayers = 3, kBucketSteps = 3;
+
+#ifdef KD_EMULATED_GPUS
+// This process's collectives from index `from` on.
+std::vector<emu::CollectiveRecord> collectives_since(size_t from) {
+  std::vector<emu::CollectiveRecord> r;
+  for (size_t i = from; i < emu::collective_count(); ++i) r.push_back(emu::collective(i));
+  return r;
+}
+// The gradient collectives of a step: those before the first all-gather or broadcast.
+std::vector<emu::CollectiveRecord> gradient_part(const std::vector<emu::CollectiveRecord>& all) {
+  std::vector<emu::CollectiveRecord> g;
+  for (const auto& c : all) {
+    if (std::string(c.op) == "AllGather" || std::string(c.op) == "Broadcast") break;
+    g.push_back(c);
+  }
+  return g;
+}
+#endif
+
+void buckets_rank_body() {
+  kd::comm::init();
+  kd::nccl::select_device();
+  const int rank = kd::comm::rank(), ranks = kd::comm::size();
+  kd::GPT2Config cfg;
+  cfg.n_layer = kBucketLayers;
+  cfg.n_head = 1;
+  cfg.n_embd = 64;
+  cfg.block_size = 16;
+  cfg.vocab_size = 257;
+  kd::GPT2 student(cfg);
+  student.init_random(9);
+  const int B = 2, T = 16, A = 2;
+  kd::AdamWConfig adamw;
+  adamw.lr = 3e-3f;
+  const double lr_sum = double(adamw.lr) * kBucketSteps;
+  const std::string who = "rank " + std::to_string(rank) + " of " + std::to_string(ranks);
+  for (bool sharded : {false, true}) {
+    const std::string what = who + (sharded ? ", ZeRO-1" : ", all-reduce");
+    kd::CudaBackend bucketed(student, nullptr, kd::LossConfig{}, adamw, kd::StepShape{B, T, A, 0});
+    kd::CudaBackend whole(student, nullptr, kd::LossConfig{}, adamw, kd::StepShape{B, T, A, 0});
+    kd::nccl::NcclStepReducer rb(sharded), rw(sharded);
+    bucketed.set_reducer(&rb);
+    whole.set_reducer(&rw);
+    whole.set_bucket_layers(0);
+    std::vector<double> loss_b, loss_w, norm_b, norm_w;
+    for (int step = 1; step <= kBucketSteps; ++step) {
+      std::vector<int32_t> in, tg;
+      for (int a = 0; a < A; ++a) {
+        const auto i = micro_batch(step, rank * A + a, B, T, cfg.vocab_size, false);
+        const auto t = micro_batch(step, rank * A + a, B, T, cfg.vocab_size, true);
+        in.insert(in.end(), i.begin(), i.end());
+        tg.insert(tg.end(), t.begin(), t.end());
+      }
+      const float clip = step == kBucketSteps ? 0.5f : 0.0f;  // the last step clips (or may)
+#ifdef KD_EMULATED_GPUS
+      const size_t c0 = emu::collective_count();
+      const emu::RuntimeCounts r0 = emu::runtime_counts();
+#endif
+      const kd::StepResult xb = bucketed.step(in.data(), tg.data(), adamw.lr, clip, step);
+#ifdef KD_EMULATED_GPUS
+      const emu::RuntimeCounts r1 = emu::runtime_counts();
+      const std::vector<emu::CollectiveRecord> cb = gradient_part(collectives_since(c0));
+      const size_t c1 = emu::collective_count();
+#endif
+      const kd::StepResult xw = whole.step(in.data(), tg.data(), adamw.lr, clip, step);
+      loss_b.push_back(xb.loss), loss_w.push_back(xw.loss);
+      norm_b.push_back(xb.grad_norm), norm_w.push_back(xw.grad_norm);
+#ifdef KD_EMULATED_GPUS
+      const std::vector<emu::CollectiveRecord> cw = gradient_part(collectives_since(c1));
+      const emu::RuntimeCounts r2 = emu::runtime_counts();
+      EXPECT_EQ(r1.host_syncs - r0.host_syncs, 1) << what << ": host synchronisations per step";
+      const size_t P = kd::GPT2Cuda::device_config(cfg).num_parameters();
+      size_t covered = 0;
+      std::vector<long long> starts;  // kernels launched before each bucket, from the step's start
+      for (const auto& c : cb) {
+        covered += c.count;
+        const long long at = c.launches_before - r0.launches;
+        if (starts.empty() || starts.back() != at) starts.push_back(at);
+      }
+      ASSERT_FALSE(cw.empty()) << what;
+      const long long whole_at = cw.front().launches_before - r1.launches;
+      const long long step_kernels = r1.launches - r0.launches;
+      EXPECT_EQ(r2.launches - r1.launches, step_kernels) << what << ": the same kernels";
+      EXPECT_EQ(covered, P) << what << ": the gradient collectives cover the buffer once";
+      ASSERT_EQ(starts.size(), size_t(kBucketLayers + 1)) << what << ": bucket starting points";
+      for (size_t i = 1; i < starts.size(); ++i)
+        EXPECT_GT(starts[i], starts[i - 1])
+            << what << ": no kernel between buckets " << i - 1 << " and " << i;
+      EXPECT_EQ(starts.back(), whole_at)
+          << what << ": the last bucket (wte, wpe) after the backward";
+      EXPECT_GT(2 * starts.front(), whole_at) << what << ": a bucket before the last micro-batch";
+      if (step == 1 && rank == 0)
+        std::printf(
+            "buckets %s: %zu gradient collectives, bucket starts after %lld %lld %lld %lld "
+            "of the step's %lld kernels; one bucket after %lld\n",
+            what.c_str(), cb.size(), starts[0], starts[1], starts[2], starts[3], step_kernels,
+            whole_at);
+#endif
+    }
+    kd::GPT2 mb(cfg), mw(cfg);
+    std::vector<float> m_b, v_b, m_w, v_w;
+    bucketed.save_state(mb, m_b, v_b);
+    whole.save_state(mw, m_w, v_w);
+    const WeightDiff d = weight_diff(mb.params, mw.params, lr_sum);
+    std::printf("buckets %s: bucketed - single bucket: max %.3g, median %.3g, %zu differ\n",
+                what.c_str(), d.max, d.median, d.differ);
+    if (ranks == 2) {
+      EXPECT_EQ(loss_b, loss_w) << what;
+      EXPECT_EQ(norm_b, norm_w) << what;
+      EXPECT_EQ(d.differ, 0u) << what;
+      EXPECT_TRUE(m_b == m_w && v_b == v_w) << what << ": moments";
+    }
+    expect_within(d, lr_sum, what);
+    double moved = 0;
+    for (size_t i = 0; i < mb.params.size(); ++i)
+      moved = std::max(moved, double(std::fabs(mb.params[i] - student.params[i])));
+    EXPECT_GT(moved, 50 * std::ldexp(lr_sum, -8)) << what;
+  }
+  if (!::testing::Test::HasFailure()) std::printf("buckets: rank %d ok\n", rank);
+  kd::comm::finalize();
+}
+
+// Runs a rank body (the test `filter`, whose ranks print "<tag>: rank q ok") under `mpirun -np np`
+// (emulated: np emulated devices).
+void launch_ranks(int np, bool emulated, const std::string& filter, const std::string& tag) {
   const std::string env = emulated ? "KDEMU_DEVICES=" + std::to_string(np) + " " : std::string();
-  const Result r =
-      sh(env +
-         "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 "
-         "timeout 120 mpirun -np " +
-         std::to_string(np) + " --oversubscribe -x OMP_NUM_THREADS" +
-         (emulated ? " -x KDEMU_DEVICES " : " ") + fs::read_symlink("/proc/self/exe").string() +
-         " --gtest_filter=GpuZero1.ShardedOptimizerMatchesUnsharded");
+  const Result r = sh(env +
+                      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 "
+                      "timeout 120 mpirun -np " +
+                      std::to_string(np) + " --oversubscribe -x OMP_NUM_THREADS" +
+                      (emulated ? " -x KDEMU_DEVICES " : " ") +
+                      fs::read_symlink("/proc/self/exe").string() + " --gtest_filter=" + filter);
   EXPECT_EQ(r.status, 0) << r.output;
   for (int q = 0; q < np; ++q)
-    EXPECT_NE(r.output.find("zero1: rank " + std::to_string(q) + " ok"), std::string::npos)
+    EXPECT_NE(r.output.find(tag + ": rank " + std::to_string(q) + " ok"), std::string::npos)
         << r.output;
   std::printf("%s", r.output.c_str());
+}
+
+void launch_zero1(int np, bool emulated) {
+  launch_ranks(np, emulated, "GpuZero1.ShardedOptimizerMatchesUnsharded", "zero1");
 }
 
 TEST(GpuZero1, ShardedOptimizerMatchesUnsharded) {
@@ -523,6 +707,28 @@ TEST(GpuZero1, ShardedOptimizerMatchesUnsharded) {
   if (!dev.cuda_usable) GTEST_SKIP() << "no usable GPU: " << dev.reason;
   if (dev.device_count < 2) GTEST_SKIP() << "needs at least 2 GPUs; " << dev.device_count;
   launch_zero1(dev.device_count, false);
+#endif
+#endif
+}
+
+TEST(GpuBuckets, BucketedStepMatchesOneBucketAndOverlapsTheBackward) {
+#ifdef KD_BUILT_WITHOUT_NCCL
+  GTEST_SKIP() << "kdengine is built without NCCL (it needs the CUDA backend, MPI and nccl.h)";
+#else
+  const std::string filter = "GpuBuckets.BucketedStepMatchesOneBucketAndOverlapsTheBackward";
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {  // one of the ranks
+    buckets_rank_body();
+    return;
+  }
+  if (sh("command -v mpirun").status != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+#ifdef KD_EMULATED_GPUS
+  launch_ranks(2, true, filter, "buckets");
+  launch_ranks(3, true, filter, "buckets");  // buckets across uneven ZeRO-1 slices
+#else
+  const kd::DeviceInfo& dev = kd::probe_device();
+  if (!dev.cuda_usable) GTEST_SKIP() << "no usable GPU: " << dev.reason;
+  if (dev.device_count < 2) GTEST_SKIP() << "needs at least 2 GPUs; " << dev.device_count;
+  launch_ranks(dev.device_count, false, filter, "buckets");
 #endif
 #endif
 }

@@ -96,6 +96,18 @@ struct RuntimeCounts {
 };
 RuntimeCounts runtime_counts();
 
+// The emulated NCCL's record of this process's collectives (tools/kdemu/nccl.cpp), for tests: how
+// many it made, and for the i-th its name ("AllReduce", "Reduce", ...), its element count and how
+// many kernels the process had launched before it (runtime_counts().launches). Every emulated
+// stream is synchronous, so a collective runs where it was launched among the kernels.
+struct CollectiveRecord {
+  char op[16];
+  size_t count;
+  long long launches_before;
+};
+size_t collective_count();
+CollectiveRecord collective(size_t i);
+
 // One kernel launch: `(Launch("name", grid, block, smem, stream) % kernel)(args...)`.
 void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
               const std::function<void()>& body);

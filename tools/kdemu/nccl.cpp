@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "tools/kdemu/emu.h"
 #include "tools/kdemu/emu_internal.h"
 
 struct ncclComm {
@@ -53,6 +54,15 @@ namespace {
 
 std::string g_last_error;
 int g_group_depth = 0;
+std::vector<emu::CollectiveRecord> g_collectives;  // emu::collective()
+
+void record(const char* op, size_t count) {
+  emu::CollectiveRecord r{};
+  std::snprintf(r.op, sizeof r.op, "%s", op);
+  r.count = count;
+  r.launches_before = emu::runtime_counts().launches;
+  g_collectives.push_back(r);
+}
 
 ncclResult_t refuse(ncclResult_t r, const char* fmt, ...) {
   char buf[512];
@@ -143,6 +153,15 @@ uint64_t hash_bytes(const void* p, size_t n) {
 }
 
 }  // namespace
+
+namespace emu {
+size_t collective_count() {
+  return g_collectives.size();
+}
+CollectiveRecord collective(size_t i) {
+  return g_collectives.at(i);
+}
+}  // namespace emu
 
 extern "C" {
 
@@ -335,6 +354,7 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                  comm->rank, count, int(datatype), int(op),
                  sendbuff == recvbuff ? " (in place)" : "");
   const void* src = sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff;
+  record("AllReduce", count);
   return mpi_result(MPI_Allreduce(src, recvbuff, int(count), t, MPI_SUM, comm->mpi), what);
 }
 
@@ -361,6 +381,7 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
   // The send buffer may hold the receive buffer (in place): reduce from a copy.
   std::vector<unsigned char> tmp(rbytes * comm->size);
   std::memcpy(tmp.data(), sendbuff, tmp.size());
+  record("ReduceScatter", recvcount);
   return mpi_result(
       MPI_Reduce_scatter_block(tmp.data(), recvbuff, int(recvcount), t, MPI_SUM, comm->mpi), what);
 }
@@ -382,6 +403,7 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
                  comm->rank, sendcount, int(datatype));
   const bool in_place = sendbuff == static_cast<const char*>(recvbuff) + comm->rank * sbytes;
   const void* src = in_place ? MPI_IN_PLACE : sendbuff;
+  record("AllGather", sendcount);
   return mpi_result(
       MPI_Allgather(src, int(sbytes), MPI_BYTE, recvbuff, int(sbytes), MPI_BYTE, comm->mpi), what);
 }
@@ -408,6 +430,7 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
     std::fprintf(stderr, "kdemu NCCL INFO Reduce: rank %d count %zu datatype %d op %d root %d\n",
                  comm->rank, count, int(datatype), int(op), root);
   const void* src = is_root && sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff;
+  record("Reduce", count);
   return mpi_result(MPI_Reduce(src, recvbuff, int(count), t, MPI_SUM, root, comm->mpi), what);
 }
 
@@ -427,6 +450,7 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count,
     std::fprintf(stderr, "kdemu NCCL INFO Broadcast: rank %d count %zu datatype %d root %d\n",
                  comm->rank, count, int(datatype), root);
   if (comm->rank == root && sendbuff != recvbuff) std::memmove(recvbuff, sendbuff, bytes);
+  record("Broadcast", count);
   return mpi_result(MPI_Bcast(recvbuff, int(bytes), MPI_BYTE, root, comm->mpi), what);
 }
 

@@ -295,11 +295,27 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
   ev->recorded = true;
   return cudaSuccess;
 }
+// Every stream runs synchronously, so whatever an event marks has completed when another stream
+// is told to wait for it: only the order of the calls is checked.
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned int) {
+  if (e == nullptr) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: no event");
+  return cudaSuccess;
+}
 cudaError_t cudaEventSynchronize(cudaEvent_t) {
   ++emu::rt().counts.host_syncs;
   return cudaSuccess;
 }
+// KDEMU_STALL_AFTER_QUERIES=n, for tests of a hung GPU: after n queries have found their event
+// complete, every query reports cudaErrorNotReady, as if the device had stopped making progress
+// (a synchronisation still returns: the emulator has no work to wait for).
 cudaError_t cudaEventQuery(cudaEvent_t) {
+  static const long long stall_after = [] {
+    const char* v = std::getenv("KDEMU_STALL_AFTER_QUERIES");
+    return v != nullptr ? std::atoll(v) : -1LL;
+  }();
+  static long long answered = 0;
+  if (stall_after >= 0 && answered >= stall_after) return cudaErrorNotReady;
+  ++answered;
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
