@@ -15,8 +15,15 @@ foreach(src ${KD_EMU_TEST_SOURCES})
   target_compile_definitions(emu_${name} PRIVATE KD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   # Idle OpenMP workers of the CPU twins would otherwise spin against the single emulator thread.
   # The prefix keeps the names apart from the same tests' GPU binaries (labelled gpu).
+  # Tests that start mpirun jobs run one at a time (RESOURCE_LOCK mpirun, shared with the CPU
+  # ranks' tests): a job that aborts on purpose must not share the machine's two cores, and Open
+  # MPI's launch, with another job's.
+  set(lock "")
+  if(name MATCHES "distributed|nccl")
+    set(lock RESOURCE_LOCK mpirun)
+  endif()
   gtest_discover_tests(emu_${name} DISCOVERY_MODE PRE_TEST TEST_PREFIX "emu:"
-                       PROPERTIES LABELS emu ENVIRONMENT OMP_WAIT_POLICY=PASSIVE)
+                       PROPERTIES LABELS emu ENVIRONMENT OMP_WAIT_POLICY=PASSIVE ${lock})
 endforeach()
 # The emulator's NCCL test starts itself under mpirun; it needs the emulated NCCL (KD_HAVE_NCCL).
 if(TARGET emu_test_emu_nccl AND KD_HAVE_NCCL)
