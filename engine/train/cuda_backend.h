@@ -58,8 +58,8 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
 
   // Data parallelism over NCCL: `reducer` must be a nccl::NcclStepReducer
-  // (engine/train/nccl_comm.h; device memory, bound here to the communication stream), or null for one
-  // rank. step() then sums the supervised rows before the loss, the gradients after the last
+  // (engine/train/nccl_comm.h; device memory, bound here to the communication stream), or null for
+  // one rank. step() then sums the supervised rows before the loss, the gradients after the last
   // backward (before the norm) and the loss sums after the step's synchronisation.
   //
   // With reducer->shard_optimizer() (ZeRO-1) this rank keeps, from here on, only its slice

@@ -126,15 +126,16 @@ namespace {
 // NCCL's entry points. The real build resolves them in libnccl.so.2 when the first communicator is
 // created (the loader's search path first: LD_LIBRARY_PATH, e.g. PyTorch's NCCL wheel; then the
 // library CMake found); the emulated build takes the emulator's. api().ncclX is ::ncclX.
-#define KD_NCCL_CALLS(X)                                                                   \
-  X(ncclGetVersion)                                                                        \
-  X(ncclGetUniqueId)                                                                       \
-  X(ncclCommInitRank)                                                                      \
-  X(ncclCommDestroy)                                                                       \
-  X(ncclCommAbort)                                                                         \
-  X(ncclGetErrorString)                                                                    \
-  X(ncclGetLastError) X(ncclAllReduce) X(ncclReduceScatter) X(ncclAllGather) X(ncclReduce) \
-      X(ncclBroadcast) X(ncclGroupStart) X(ncclGroupEnd)
+#define KD_NCCL_CALLS(X)                                                                \
+  X(ncclGetVersion)                                                                     \
+  X(ncclGetUniqueId)                                                                    \
+  X(ncclCommInitRank)                                                                   \
+  X(ncclCommDestroy)                                                                    \
+  X(ncclCommAbort)                                                                      \
+  X(ncclGetErrorString)                                                                 \
+  X(ncclGetLastError)                                                                   \
+  X(ncclAllReduce) X(ncclReduceScatter) X(ncclAllGather) X(ncclReduce) X(ncclBroadcast) \
+      X(ncclGroupStart) X(ncclGroupEnd)
 
 struct Api {
 #define KD_NCCL_FIELD(f) decltype(&::f) f = nullptr;
