@@ -106,9 +106,8 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// f[k] = p[k] for k < 8; p must be 16-byte aligned.
-__device__ __forceinline__ void load_bf16x8(const bf16* p, float (&f)[kVec]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+// f[k] = the k-th of the 8 bf16 values packed in raw.
+__device__ __forceinline__ void unpack_bf16x8(const uint4& raw, float (&f)[kVec]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int k = 0; k < kVec / 2; ++k) {
@@ -116,6 +115,11 @@ __device__ __forceinline__ void load_bf16x8(const bf16* p, float (&f)[kVec]) {
     f[2 * k] = two.x;
     f[2 * k + 1] = two.y;
   }
+}
+
+// f[k] = p[k] for k < 8; p must be 16-byte aligned.
+__device__ __forceinline__ void load_bf16x8(const bf16* p, float (&f)[kVec]) {
+  unpack_bf16x8(*reinterpret_cast<const uint4*>(p), f);
 }
 
 // p[k] = bf16(f[k]) (round to nearest even) for k < 8; p must be 16-byte aligned.

@@ -190,16 +190,6 @@ __device__ void block_sum_k(float (&v)[K], float (*sh)[kMaxWarps]) {
   }
 }
 
-__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[kVec]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int k = 0; k < kVec / 2; ++k) {
-    const float2 two = __bfloat1622float2(h[k]);
-    f[2 * k] = two.x;
-    f[2 * k + 1] = two.y;
-  }
-}
-
 // What every element of a row needs once pass 1 (and for JSD pass 2) is done. Exponents are base
 // 2: log2 q_T(k) = (z_k - zmax) ct - lq, log2 p_T(k) = (t_k - tmax) ct - lp,
 // log2 softmax(z)_k = (z_k - zmax) c1 - l1.
@@ -304,10 +294,10 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         float zv[kVec], tv[kVec] = {};
-        unpack8(rz[u], zv);
+        unpack_bf16x8(rz[u], zv);
         if (cache) reinterpret_cast<uint4*>(zc)[i + u * n] = rz[u];
         if constexpr (kTeacher) {
-          unpack8(rt[u], tv);
+          unpack_bf16x8(rt[u], tv);
           if (cache) reinterpret_cast<uint4*>(tc)[i + u * n] = rt[u];
         }
         online_add<MODE>(ss, ts, zv, tv, P);
@@ -316,11 +306,11 @@ __global__ void __launch_bounds__(kMaxThreads)
     if (i < nvec) {
       float zv[kVec], tv[kVec] = {};
       const uint4 rz = reinterpret_cast<const uint4*>(z)[i];
-      unpack8(rz, zv);
+      unpack_bf16x8(rz, zv);
       if (cache) reinterpret_cast<uint4*>(zc)[i] = rz;
       if constexpr (kTeacher) {
         const uint4 rt = reinterpret_cast<const uint4*>(t)[i];
-        unpack8(rt, tv);
+        unpack_bf16x8(rt, tv);
         if (cache) reinterpret_cast<uint4*>(tc)[i] = rt;
       }
       online_add<MODE>(ss, ts, zv, tv, P);
@@ -360,8 +350,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   if constexpr (MODE == kJSD) {
     for (int i = threadIdx.x; i < nvec; i += n) {
       float zv[kVec], tv[kVec];
-      unpack8(reinterpret_cast<const uint4*>(zr)[i], zv);
-      unpack8(reinterpret_cast<const uint4*>(tr)[i], tv);
+      unpack_bf16x8(reinterpret_cast<const uint4*>(zr)[i], zv);
+      unpack_bf16x8(reinterpret_cast<const uint4*>(tr)[i], tv);
 #pragma unroll
       for (int u = 0; u < kVec; ++u) jsd_sums(zv[u], tv[u], R, P, jsd);
     }
@@ -376,8 +366,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // H(q), H(p), KL(p||q), KL(q||p)
   for (int i = threadIdx.x; i < nvec; i += n) {
     float zv[kVec], tv[kVec] = {}, g[kVec];
-    unpack8(reinterpret_cast<const uint4*>(zr)[i], zv);
-    if constexpr (kTeacher) unpack8(reinterpret_cast<const uint4*>(tr)[i], tv);
+    unpack_bf16x8(reinterpret_cast<const uint4*>(zr)[i], zv);
+    if constexpr (kTeacher) unpack_bf16x8(reinterpret_cast<const uint4*>(tr)[i], tv);
 #pragma unroll
     for (int u = 0; u < kVec; ++u) g[u] = grad_at<MODE>(zv[u], tv[u], i * kVec + u, R, P, acc);
     if (dz != nullptr) store_bf16x8(dz + static_cast<size_t>(i) * kVec, g);

@@ -125,6 +125,18 @@ MPI_Datatype sum_type(ncclDataType_t t) {
   }
 }
 
+// The MPI type of a summing collective, or the refusal: only ncclSum on the types sum_type knows.
+ncclResult_t check_sum(ncclRedOp_t op, ncclDataType_t datatype, const char* what,
+                       MPI_Datatype* type) {
+  *type = sum_type(datatype);
+  if (op != ncclSum || *type == MPI_DATATYPE_NULL)
+    return refuse(ncclInvalidArgument,
+                  "%s: only ncclSum on int32/int64/uint64/float32/float64 is emulated (op %d, "
+                  "type %d)",
+                  what, int(op), int(datatype));
+  return ncclSuccess;
+}
+
 ncclResult_t check_comm(const ncclComm* c, const char* what) {
   if (c == nullptr || c->mpi == MPI_COMM_NULL)
     return refuse(ncclInvalidArgument, "%s: invalid communicator", what);
@@ -339,12 +351,8 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                            ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
   const char* what = "ncclAllReduce";
   if (ncclResult_t r = check_comm(comm, what); r != ncclSuccess) return r;
-  const MPI_Datatype t = sum_type(datatype);
-  if (op != ncclSum || t == MPI_DATATYPE_NULL)
-    return refuse(ncclInvalidArgument,
-                  "%s: only ncclSum on int32/int64/uint64/float32/float64 "
-                  "is emulated (op %d, type %d)",
-                  what, int(op), int(datatype));
+  MPI_Datatype t;
+  if (ncclResult_t r = check_sum(op, datatype, what, &t); r != ncclSuccess) return r;
   if (count > size_t(INT_MAX)) return refuse(ncclInvalidArgument, "%s: count too large", what);
   const size_t bytes = count * type_size(datatype);
   if (ncclResult_t r = check_buffer(sendbuff, bytes, what, "send"); r != ncclSuccess) return r;
@@ -363,12 +371,8 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
                                cudaStream_t) {
   const char* what = "ncclReduceScatter";
   if (ncclResult_t r = check_comm(comm, what); r != ncclSuccess) return r;
-  const MPI_Datatype t = sum_type(datatype);
-  if (op != ncclSum || t == MPI_DATATYPE_NULL)
-    return refuse(ncclInvalidArgument,
-                  "%s: only ncclSum on int32/int64/uint64/float32/float64 "
-                  "is emulated (op %d, type %d)",
-                  what, int(op), int(datatype));
+  MPI_Datatype t;
+  if (ncclResult_t r = check_sum(op, datatype, what, &t); r != ncclSuccess) return r;
   if (recvcount * comm->size > size_t(INT_MAX))
     return refuse(ncclInvalidArgument, "%s: count too large", what);
   const size_t es = type_size(datatype), rbytes = recvcount * es;
@@ -412,12 +416,8 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
                         ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t) {
   const char* what = "ncclReduce";
   if (ncclResult_t r = check_comm(comm, what); r != ncclSuccess) return r;
-  const MPI_Datatype t = sum_type(datatype);
-  if (op != ncclSum || t == MPI_DATATYPE_NULL)
-    return refuse(ncclInvalidArgument,
-                  "%s: only ncclSum on int32/int64/uint64/float32/float64 is emulated (op %d, type "
-                  "%d)",
-                  what, int(op), int(datatype));
+  MPI_Datatype t;
+  if (ncclResult_t r = check_sum(op, datatype, what, &t); r != ncclSuccess) return r;
   if (root < 0 || root >= comm->size)
     return refuse(ncclInvalidArgument, "%s: root %d outside [0, %d)", what, root, comm->size);
   if (count > size_t(INT_MAX)) return refuse(ncclInvalidArgument, "%s: count too large", what);
